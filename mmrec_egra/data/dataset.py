@@ -1,0 +1,197 @@
+"""Reading and validating an MMRec-format dataset: `<name>.inter` + feature files.
+
+This is the only module that parses dataset files. Every problem in a file is reported
+as one MMRecError naming the file, the line or key, what was found and what is expected.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..config import modality_files
+from ..utils import MMRecError, get_logger
+
+SPLITS = {"train": 0, "valid": 1, "test": 2}
+
+
+class RecDataset:
+    """Interactions split into train/valid/test plus per-modality item features.
+
+    n_users = max userID + 1 and n_items = max itemID + 1 over all rows (ids are not
+    remapped, as in MMRec). Valid/test rows of users without training rows are dropped
+    when `filter_out_cod_start_users` is true.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.name = str(config["dataset"])
+        self.data_dir = Path(str(config["data_path"])) / self.name
+        self.inter_path = self.data_dir / (config["inter_file_name"] or f"{self.name}.inter")
+        self.uid = config["USER_ID_FIELD"] or "userID"
+        self.iid = config["ITEM_ID_FIELD"] or "itemID"
+        self.label = config["inter_splitting_label"] or "x_label"
+        self._read_inter(config["field_separator"] or "\t")
+        self.features: "OrderedDict[str, np.ndarray]" = self._read_features()
+        self._hash: Optional[str] = None
+
+    # ---- interactions ----------------------------------------------------
+    def _read_inter(self, sep: str) -> None:
+        path = self.inter_path
+        if not path.is_file():
+            parent = self.data_dir.parent
+            have = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+            raise MMRecError(
+                f"interaction file not found: {path}. Expected <data_path>/<dataset>/{path.name} in MMRec format. "
+                f"Datasets under {parent}: {', '.join(have) or 'none'}. Use --data_path to point at the folder "
+                f"that holds '{self.name}/' (e.g. --data_path ../shared/data/), or -d demo for the built-in data.")
+        try:
+            header = pd.read_csv(path, sep=sep, nrows=0).columns.tolist()
+        except Exception as exc:
+            raise MMRecError(f"cannot read {path}: {exc}. Expected a {sep!r}-separated file with a header line.") from None
+        missing = [c for c in (self.uid, self.iid, self.label) if c not in header]
+        if missing:
+            raise MMRecError(f"{path}: header has columns {header}; missing {missing}. The header must name "
+                             f"{self.uid}, {self.iid} and {self.label} (set USER_ID_FIELD / ITEM_ID_FIELD / "
+                             f"inter_splitting_label or field_separator if your file differs).")
+        df = pd.read_csv(path, sep=sep, usecols=[self.uid, self.iid, self.label], dtype=str,
+                         keep_default_na=False, engine="c")
+        if len(df) == 0:
+            raise MMRecError(f"{path}: no interaction rows after the header")
+        cols = {}
+        for col in (self.uid, self.iid, self.label):
+            cols[col] = self._to_int(df[col], path, col)
+        u, i, lab = cols[self.uid], cols[self.iid], cols[self.label]
+        bad = np.flatnonzero(~np.isin(lab, [0, 1, 2]))
+        if bad.size:
+            r = bad[0]
+            raise MMRecError(f"{path}, line {r + 2}: {self.label} is {lab[r]}; expected 0 (train), 1 (valid) "
+                             f"or 2 (test) ({bad.size} such rows)")
+        self.n_users = int(u.max()) + 1
+        self.n_items = int(i.max()) + 1
+        train = lab == 0
+        if not train.any():
+            raise MMRecError(f"{path}: the train split is empty (no row has {self.label} = 0); "
+                             f"at least one training interaction is needed")
+        self.train_users, self.train_items = u[train], i[train]
+        has_train = np.zeros(self.n_users, dtype=bool)
+        has_train[self.train_users] = True
+        self.n_filtered = {}
+        for name in ("valid", "test"):
+            m = lab == SPLITS[name]
+            su, si = u[m], i[m]
+            if self.config["filter_out_cod_start_users"] is not False:
+                keep = has_train[su]
+                self.n_filtered[name] = int((~keep).sum())
+                su, si = su[keep], si[keep]
+            setattr(self, f"{name}_users", su)
+            setattr(self, f"{name}_items", si)
+
+    @staticmethod
+    def _to_int(col: pd.Series, path: Path, name: str) -> np.ndarray:
+        vals = pd.to_numeric(col, errors="coerce")
+        arr = vals.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.floor(arr)) | (arr < 0))
+        if bad.size:
+            r = bad[0]
+            raise MMRecError(f"{path}, line {r + 2}: column {name} holds {col.iloc[r]!r}; expected a non-negative "
+                             f"integer id ({bad.size} bad rows). Remove or fix those rows.")
+        return arr.astype(np.int64)
+
+    # ---- features --------------------------------------------------------
+    def _read_features(self) -> "OrderedDict[str, np.ndarray]":
+        feats: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        for name, fname in modality_files(self.config).items():
+            path = self.data_dir / fname
+            if not path.is_file():
+                continue
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except Exception as exc:
+                raise MMRecError(f"cannot read feature file {path} ({name}): {exc}. Expected a .npy float array "
+                                 f"[n_items, d].") from None
+            if arr.ndim != 2:
+                raise MMRecError(f"feature file {path} ({name}) has shape {arr.shape}; expected a 2-D array "
+                                 f"[n_items={self.n_items}, d]")
+            if arr.shape[0] != self.n_items:
+                raise MMRecError(f"feature file {path} ({name}) has {arr.shape[0]} rows; expected {self.n_items} "
+                                 f"(max itemID + 1 in {self.inter_path.name}), one row per item id")
+            if not np.issubdtype(arr.dtype, np.number):
+                raise MMRecError(f"feature file {path} ({name}) has dtype {arr.dtype}; expected floats")
+            arr = arr.astype(np.float32, copy=False)
+            finite = np.isfinite(arr)
+            if not finite.all():
+                r, c = np.argwhere(~finite)[0]
+                raise MMRecError(f"feature file {path} ({name}) holds {arr[r, c]} at row {r}, column {c} "
+                                 f"({int((~finite).sum())} non-finite values); expected finite numbers. "
+                                 f"Replace NaN/inf (e.g. with 0) and save again.")
+            feats[name] = arr
+        return feats
+
+    # ---- MMRec dataset interface ----------------------------------------
+    def get_user_num(self) -> int:
+        return self.n_users
+
+    def get_item_num(self) -> int:
+        return self.n_items
+
+    def split(self, name: str):
+        """(users, items) arrays of a split: 'train', 'valid' or 'test'."""
+        return getattr(self, f"{name}_users"), getattr(self, f"{name}_items")
+
+    def inter_matrix(self, form: str = "coo", split: str = "train") -> sp.spmatrix:
+        """[n_users, n_items] scipy matrix of a split, value 1 (duplicates collapsed)."""
+        u, i = self.split(split)
+        m = sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, i)), shape=(self.n_users, self.n_items))
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        if form == "csr":
+            return m
+        if form == "coo":
+            return m.tocoo()
+        raise MMRecError(f"inter_matrix form must be 'coo' or 'csr', found {form!r}")
+
+    def item_popularity(self) -> np.ndarray:
+        """Training interaction count per item."""
+        return np.bincount(self.train_items, minlength=self.n_items)
+
+    def content_hash(self) -> str:
+        """Hash of the interaction file and every feature file used (for artifact keys)."""
+        if self._hash is None:
+            h = hashlib.blake2b(digest_size=16)
+            files = [self.inter_path] + [self.data_dir / f for n, f in modality_files(self.config).items()
+                                         if n in self.features]
+            for f in files:
+                h.update(f.name.encode())
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 22), b""):
+                        h.update(chunk)
+            self._hash = h.hexdigest()
+        return self._hash
+
+    def summary(self) -> str:
+        n_tr, n_va, n_te = len(self.train_users), len(self.valid_users), len(self.test_users)
+        mods = ", ".join(f"{k} {v.shape[1]}-d" for k, v in self.features.items()) or "no feature files"
+        dens = n_tr / max(1, self.n_users * self.n_items)
+        return (f"dataset {self.name}: {self.n_users} users, {self.n_items} items, interactions "
+                f"{n_tr} train / {n_va} valid / {n_te} test (train density {dens:.5f}); modalities: {mods}")
+
+
+def load_dataset(config) -> RecDataset:
+    """Build the dataset, generating the demo data first when `-d demo` has no files yet."""
+    if str(config["dataset"]) == "demo":
+        from .demo import ensure_demo
+        ensure_demo(Path(str(config["data_path"])) / "demo")
+    ds = RecDataset(config)
+    log = get_logger()
+    log.info(ds.summary())
+    for name, n in getattr(ds, "n_filtered", {}).items():
+        if n:
+            log.info("dropped %d %s rows of cold-start users (filter_out_cod_start_users)", n, name)
+    return ds

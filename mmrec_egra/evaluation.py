@@ -1,0 +1,136 @@
+"""Full-ranking top-k evaluation with MMRec's metric definitions, batched over users.
+
+For each evaluated user (one with positives in the split) all items are scored, the
+user's training items are masked, and the top max(topk) items are taken with
+torch.topk. With hits h_1..h_K (1 if the item at rank r is a positive) and P positives:
+  Recall@k    = sum_{r<=k} h_r / P                (not capped at k)
+  Precision@k = sum_{r<=k} h_r / k
+  NDCG@k      = sum_{r<=k} h_r / log2(r+1)  /  sum_{r<=min(k,P)} 1 / log2(r+1)
+  MAP@k       = sum_{r<=k} h_r * Precision@r  /  min(k, P)
+each averaged over users. Keys look like 'recall@20'.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+METRICS = ("recall", "ndcg", "precision", "map")
+
+
+def hit_matrix(topk_items: np.ndarray, users: np.ndarray, positives: sp.csr_matrix) -> np.ndarray:
+    """[B, K] bool: is topk_items[b, r] a positive of users[b]? (vectorised, searchsorted)."""
+    n_items = positives.shape[1]
+    sub = positives[users]
+    sub.sort_indices()
+    rows = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(sub.indptr))
+    keys = rows * n_items + sub.indices.astype(np.int64)     # sorted because rows and indices are
+    q = np.arange(len(users), dtype=np.int64)[:, None] * n_items + topk_items.astype(np.int64)
+    if keys.size == 0:
+        return np.zeros(q.shape, dtype=bool)
+    pos = np.searchsorted(keys, q)
+    pos[pos == len(keys)] = 0
+    return keys[pos] == q
+
+
+def metrics_from_hits(hits: np.ndarray, n_pos: np.ndarray, metrics: Sequence[str],
+                      topk: Sequence[int]) -> Dict[str, float]:
+    """Mean of each metric@k over rows of `hits` ([U, K] bool) with `n_pos` positives each."""
+    hits = hits.astype(np.float64)
+    n_pos = n_pos.astype(np.float64)
+    U, K = hits.shape
+    out: Dict[str, float] = {}
+    if U == 0:
+        return {f"{m.lower()}@{k}": 0.0 for m in metrics for k in topk}
+    ranks = np.arange(1, K + 1, dtype=np.float64)
+    cum_hits = np.cumsum(hits, axis=1)
+    disc = 1.0 / np.log2(ranks + 1.0)
+    dcg = np.cumsum(hits * disc, axis=1)
+    idcg_table = np.concatenate([[0.0], np.cumsum(disc)])        # idcg_table[n] = sum_{r<=n} disc
+    prec_at_r = cum_hits / ranks
+    ap_cum = np.cumsum(hits * prec_at_r, axis=1)
+    for m in metrics:
+        name = m.lower()
+        for k in topk:
+            if k > K:
+                raise ValueError(f"k={k} exceeds the {K} ranked items")
+            c = cum_hits[:, k - 1]
+            if name == "recall":
+                v = c / n_pos
+            elif name == "precision":
+                v = c / k
+            elif name == "ndcg":
+                v = dcg[:, k - 1] / idcg_table[np.minimum(k, n_pos).astype(int)]
+            elif name == "map":
+                v = ap_cum[:, k - 1] / np.minimum(k, n_pos)
+            else:
+                raise ValueError(f"unknown metric '{m}'; known: {', '.join(METRICS)}")
+            out[f"{name}@{k}"] = float(v.mean())
+    return out
+
+
+class TopKEvaluator:
+    """Runs full ranking over an EvalDataLoader and returns metric@k means."""
+
+    def __init__(self, config):
+        self.metrics = [m.lower() for m in (config["metrics"] or ["Recall", "NDCG"])]
+        for m in self.metrics:
+            if m not in METRICS:
+                from .utils import MMRecError
+                raise MMRecError(f"unknown metric '{m}' in config key metrics; known: Recall, NDCG, Precision, MAP")
+        self.topk = sorted(int(k) for k in (config["topk"] or [10, 20]))
+        self.max_k = max(self.topk)
+
+    @torch.no_grad()
+    def rank(self, model, loader) -> tuple[np.ndarray, np.ndarray]:
+        """(users [U], top-k item ids [U, K]) over all batches of `loader`."""
+        users_all: List[np.ndarray] = []
+        topk_all: List[np.ndarray] = []
+        for users, (mrow, mcol) in loader:
+            dev = getattr(model, "device", torch.device("cpu"))
+            scores = model.full_sort_predict((users.to(dev), (mrow, mcol)))
+            scores = scores.float()
+            scores[mrow.to(scores.device), mcol.to(scores.device)] = -float("inf")
+            k = min(self.max_k, scores.shape[1])
+            top = torch.topk(scores, k, dim=1).indices.cpu().numpy()
+            users_all.append(users.numpy())
+            topk_all.append(top)
+        if not users_all:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.max_k), dtype=np.int64)
+        return np.concatenate(users_all), np.concatenate(topk_all)
+
+    def evaluate(self, model, loader, item_groups: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, float]:
+        """Metrics on `loader`'s split. `item_groups` (name -> bool mask over items) adds
+        per-group metrics such as 'tail/recall@20', computed over each group's positives.
+        """
+        model.eval()
+        users, top = self.rank(model, loader)
+        return self.metrics_for(users, top, loader.positives, item_groups)
+
+    def metrics_for(self, users: np.ndarray, top: np.ndarray, positives: sp.csr_matrix,
+                    item_groups: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, float]:
+        hits = hit_matrix(top, users, positives)
+        n_pos = np.diff(positives.indptr)[users]
+        result = metrics_from_hits(hits, n_pos, self.metrics, self.topk)
+        for gname, gmask in (item_groups or {}).items():
+            gpos = positives.multiply(sp.csr_matrix(gmask.astype(np.float32)[None, :])).tocsr()
+            gpos.eliminate_zeros()
+            g_n = np.diff(gpos.indptr)[users]
+            keep = g_n > 0
+            g_hits = hit_matrix(top[keep], users[keep], gpos)
+            for k, v in metrics_from_hits(g_hits, g_n[keep], self.metrics, self.topk).items():
+                result[f"{gname}/{k}"] = v
+            result[f"{gname}/n_users"] = int(keep.sum())
+        return result
+
+
+def popularity_groups(train_item_counts: np.ndarray, head_ratio: float = 0.2) -> Dict[str, np.ndarray]:
+    """'head' = the top `head_ratio` of items by training popularity; 'tail' = the rest."""
+    n = len(train_item_counts)
+    n_head = max(1, int(round(n * head_ratio)))
+    order = np.argsort(-train_item_counts, kind="stable")
+    head = np.zeros(n, dtype=bool)
+    head[order[:n_head]] = True
+    return {"head": head, "tail": ~head}
