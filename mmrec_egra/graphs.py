@@ -130,7 +130,45 @@ def to_torch_sparse(adj: sp.spmatrix, device: torch.device | str = "cpu") -> tor
     coo = sp.coo_matrix(adj)
     idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     val = torch.from_numpy(coo.data.astype(np.float32))
-    return torch.sparse_coo_tensor(idx, val, coo.shape, device=device).coalesce()
+    return torch.sparse_coo_tensor(idx, val, coo.shape, device=device, check_invariants=False).coalesce()
+
+
+class _FixedSpMM(torch.autograd.Function):
+    """y = A x with dL/dx = A^T g, using a precomputed CSR transpose (no autograd on A)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.a_t = a_t
+        return torch.sparse.mm(a, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None, torch.sparse.mm(ctx.a_t, grad)
+
+
+def spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Sparse (fixed) matrix times dense matrix, fast on CPU and CUDA.
+
+    torch's COO autograd re-coalesces A^T at every backward; here A and A^T are
+    converted to CSR once (memoised on the tensor object) and the backward is one CSR
+    product, about 4x faster on TikTok-sized graphs. Graphs whose values need gradients
+    (learned graphs) fall back to torch.sparse.mm.
+    """
+    if adj.requires_grad:
+        return torch.sparse.mm(adj, x)
+    fast = getattr(adj, "_mmrec_csr_pair", None)
+    if fast is None:
+        if adj.layout == torch.sparse_csr:
+            a = adj
+            a_t = adj.to_sparse_coo().t().coalesce().to_sparse_csr()
+        else:
+            a = adj.coalesce().to_sparse_csr()
+            a_t = adj.t().coalesce().to_sparse_csr()
+        fast = (a, a_t)
+        adj._mmrec_csr_pair = fast
+    if not x.requires_grad:
+        return torch.sparse.mm(fast[0], x)
+    return _FixedSpMM.apply(fast[0], fast[1], x)
 
 
 def propagate(adj: torch.Tensor, x: torch.Tensor, n_layers: int, mean: bool = True) -> torch.Tensor:
@@ -138,6 +176,190 @@ def propagate(adj: torch.Tensor, x: torch.Tensor, n_layers: int, mean: bool = Tr
     out = x
     acc = x
     for _ in range(n_layers):
-        out = torch.sparse.mm(adj, out)
+        out = spmm(adj, out)
         acc = acc + out
     return acc / (n_layers + 1) if mean else acc
+
+
+# ---- torch sparse matrices with fast products and differentiable values ------------------
+# torch.sparse.mm on COO is slow on CPU (and its backward slower still: about 10x scipy on the
+# TikTok graph); CSR kernels are fast, and a fixed pattern lets us precompute the transpose
+# once so that the backward product is a CSR product too.
+
+import warnings as _warnings
+
+_warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    return torch.sparse_csr_tensor(crow, col, values, tuple(shape), check_invariants=False)
+
+
+class _SpMM(torch.autograd.Function):
+    """out = A x for A = SparseMat(values); gradients reach x (via A^T) and the values."""
+
+    @staticmethod
+    def forward(ctx, values, x, mat):
+        ctx.mat = mat
+        ctx.save_for_backward(values, x)
+        return _csr(mat.crow, mat.cols, values, mat.shape) @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, x = ctx.saved_tensors
+        mat = ctx.mat
+        grad = grad.contiguous()
+        g_values = g_x = None
+        if ctx.needs_input_grad[1]:
+            perm, crow_t, col_t = mat.transpose_structure()
+            g_x = _csr(crow_t, col_t, values[perm], (mat.shape[1], mat.shape[0])) @ grad
+        if ctx.needs_input_grad[0]:
+            # dL/dA_rc = <grad_r, x_c>, only on the pattern (in bounded chunks of edges)
+            g_values = torch.empty_like(values)
+            step = max(1, (1 << 22) // max(1, x.shape[1]))
+            for s in range(0, mat.nnz, step):
+                e = min(mat.nnz, s + step)
+                g_values[s:e] = (grad[mat.rows[s:e]] * x[mat.cols[s:e]]).sum(-1)
+        return g_values, g_x, None
+
+
+class SparseMat:
+    """A sparse [n, m] matrix (rows, cols, values) with fast, differentiable products.
+
+    Entries are kept sorted by (row, col) with duplicates summed (so the arrays are a valid
+    CSR). `values` may require grad (learned graphs): `mm` then back-propagates into them.
+    Summing duplicates uses a sort and segment sums, not atomics, so it is deterministic on
+    CUDA too. Nothing here is dense: memory is O(nnz).
+    """
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape, coalesce: bool = True):
+        n, m = int(shape[0]), int(shape[1])
+        rows, cols = rows.long(), cols.long()
+        if coalesce and rows.numel():
+            keys = rows * m + cols
+            keys, order = torch.sort(keys, stable=True)
+            uniq, counts = torch.unique_consecutive(keys, return_counts=True)
+            values = values[order]
+            if uniq.numel() != keys.numel():
+                values = torch.segment_reduce(values, "sum", lengths=counts)
+            rows, cols = uniq // m, uniq % m
+        self.rows, self.cols, self.values = rows, cols, values
+        self.shape = (n, m)
+        self.crow = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
+        self.crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+        self._t = None
+
+    @property
+    def nnz(self) -> int:
+        return int(self.rows.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @classmethod
+    def from_scipy(cls, adj: sp.spmatrix, device: torch.device | str = "cpu") -> "SparseMat":
+        csr = sp.csr_matrix(adj, dtype=np.float32)
+        csr.sum_duplicates()
+        csr.sort_indices()
+        rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
+        t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a).astype(dt)).to(device)
+        return cls(t(rows, np.int64), t(csr.indices, np.int64), t(csr.data, np.float32), csr.shape, coalesce=False)
+
+    def transpose_structure(self):
+        """(perm, crow_t, col_t): CSR of A^T whose values are values[perm] (cached)."""
+        if self._t is None:
+            n, m = self.shape
+            perm = torch.sort(self.cols * n + self.rows, stable=True)[1]
+            crow_t = torch.zeros(m + 1, dtype=torch.long, device=self.rows.device)
+            crow_t[1:] = torch.cumsum(torch.bincount(self.cols, minlength=m), 0)
+            self._t = (perm, crow_t, self.rows[perm].contiguous())
+        return self._t
+
+    def with_values(self, values: torch.Tensor) -> "SparseMat":
+        """Same pattern, new values (shares the index arrays and the cached transpose)."""
+        out = SparseMat.__new__(SparseMat)
+        out.rows, out.cols, out.values, out.shape, out.crow, out._t = \
+            self.rows, self.cols, values, self.shape, self.crow, self._t
+        return out
+
+    def detach(self) -> "SparseMat":
+        return self.with_values(self.values.detach())
+
+    def mm(self, x: torch.Tensor) -> torch.Tensor:
+        """A @ x for dense x [m, d] (autograd through x and the values)."""
+        if x.dtype != self.values.dtype:
+            x = x.to(self.values.dtype)
+        return _SpMM.apply(self.values, x.contiguous(), self)
+
+    __matmul__ = mm
+
+    def row_sums(self) -> torch.Tensor:
+        return torch.zeros(self.shape[0], dtype=self.values.dtype, device=self.device).index_add(
+            0, self.rows, self.values) if self.device.type == "cpu" else \
+            torch.segment_reduce(self.values, "sum", offsets=self.crow)
+
+    def sym_normalized(self) -> "SparseMat":
+        """D^-1/2 A D^-1/2 with D the row sums (as `sym_normalize`; rows with sum <= 0 give 0)."""
+        deg = self.row_sums()
+        inv = torch.where(deg > 0, deg.clamp_min(1e-12).pow(-0.5), torch.zeros_like(deg))
+        return self.with_values(self.values * inv[self.rows] * inv[self.cols])
+
+    @staticmethod
+    def add(mats, weights=None) -> "SparseMat":
+        """sum_j weights[j] * mats[j] (weights may be tensors with grad); patterns are merged."""
+        weights = [1.0] * len(mats) if weights is None else list(weights)
+        rows = torch.cat([a.rows for a in mats])
+        cols = torch.cat([a.cols for a in mats])
+        vals = torch.cat([a.values * w for a, w in zip(mats, weights)])
+        return SparseMat(rows, cols, vals, mats[0].shape, coalesce=True)
+
+    def to_torch(self) -> torch.Tensor:
+        """torch sparse COO tensor (values keep their grad)."""
+        idx = torch.stack([self.rows, self.cols])
+        return torch.sparse_coo_tensor(idx, self.values, self.shape, check_invariants=False, is_coalesced=True)
+
+    def to_scipy(self) -> sp.csr_matrix:
+        v = self.values.detach().cpu().numpy()
+        return sp.csr_matrix((v, (self.rows.cpu().numpy(), self.cols.cpu().numpy())), shape=self.shape)
+
+
+def propagate_sparse(adj: SparseMat, x: torch.Tensor, n_layers: int, mean: bool = True) -> torch.Tensor:
+    """`propagate` for a SparseMat: mean (or sum) of x, Ax, ..., A^L x."""
+    out = x
+    acc = x
+    for _ in range(n_layers):
+        out = adj.mm(out)
+        acc = acc + out
+    return acc / (n_layers + 1) if mean else acc
+
+
+def knn_graph_torch(x: torch.Tensor, k: int, include_self: bool = True, block_rows: Optional[int] = None,
+                    max_block_bytes: int = 64 * 2 ** 20) -> SparseMat:
+    """Top-k cosine neighbours of each row of x ([n, d] torch) as a SparseMat of cosines.
+
+    The neighbour indices are chosen blockwise without grad (a bounded [block, n] score
+    matrix, never n x n); the kept values are then recomputed as cosine(x_r, x_c) from x
+    itself, so gradients flow into x through the kept similarities (the top-k selection
+    is discrete and has none). Exactly min(k, n') entries per row.
+    """
+    n = x.shape[0]
+    kk = min(k, n if include_self else n - 1)
+    if block_rows is None:
+        block_rows = max(1, min(n, max_block_bytes // (4 * max(n, 1))))
+    with torch.no_grad():
+        xn = torch.nn.functional.normalize(x.detach().float(), dim=1)
+        cols = torch.empty(n, kk, dtype=torch.long, device=x.device)
+        for start in range(0, n, block_rows):
+            stop = min(n, start + block_rows)
+            sim = xn[start:stop] @ xn.t()
+            if not include_self:
+                idx = torch.arange(start, stop, device=x.device)
+                sim[idx - start, idx] = -float("inf")
+            cols[start:stop] = torch.topk(sim, kk, dim=1)[1]
+            del sim
+    rows = torch.arange(n, device=x.device).repeat_interleave(kk)
+    cols = cols.reshape(-1)
+    z = torch.nn.functional.normalize(x.float(), dim=1)
+    vals = (z[rows] * z[cols]).sum(-1)
+    return SparseMat(rows, cols, vals, (n, n), coalesce=True)

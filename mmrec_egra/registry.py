@@ -17,6 +17,7 @@ ENTRY_POINT_GROUP = "mmrec.models"
 _REGISTRY: Dict[str, type] = {}        # lower-case name -> class
 _CANONICAL: Dict[str, str] = {}        # lower-case name -> name as registered
 _PRIMARY: Dict[str, str] = {}          # lower-case primary name -> name (aliases excluded)
+_CLASS_NAME: Dict[type, str] = {}      # class -> its primary registered name
 _LOADED = {"builtins": False, "entry_points": False}
 
 
@@ -37,6 +38,7 @@ def register_model(name_or_cls=None, *, aliases: Optional[List[str]] = None) -> 
             _REGISTRY[key] = cls
             _CANONICAL[key] = n
         _PRIMARY[names[0].lower()] = names[0]
+        _CLASS_NAME[cls] = names[0]
         return cls
 
     if isinstance(name_or_cls, type):
@@ -82,8 +84,9 @@ def list_models() -> List[str]:
 
 
 def canonical_name(name: str) -> str:
-    """The class name behind `name` (the name its config file uses); raises like get_model."""
-    return get_model(name).__name__
+    """The primary registered name behind `name` or an alias (the name its yaml uses)."""
+    cls = get_model(name)
+    return _CLASS_NAME.get(cls, cls.__name__)
 
 
 def get_model(name: str) -> Type:

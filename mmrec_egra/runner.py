@@ -28,18 +28,18 @@ import torch
 from .config import Config, available_names
 from .data import EvalDataLoader, build_loaders, load_dataset
 from .evaluation import TopKEvaluator, popularity_groups
-from .registry import get_model
+from .registry import canonical_name, get_model
 from .trainer import Trainer
 from .utils import MMRecError, add_log_file, atomic_write, get_logger, init_seed, resolve_device, write_json
 
-VOLATILE_KEYS = {"show_progress", "checkpoint_dir", "save_model", "device", "eval_batch_size", "resume",
+VOLATILE_KEYS = {"show_progress", "epochs", "checkpoint_dir", "save_model", "device", "eval_batch_size", "resume",
                  "save_recommended_topk", "use_gpu", "_combo_key", "config_dir"}
 
 
 def make_config(model: str, dataset: str, overrides: Optional[Dict[str, Any]] = None) -> Config:
     """Resolve the model class name and dataset, then merge the configuration."""
     cls = get_model(model)
-    config = Config(cls.__name__, dataset, overrides, model_config_file=getattr(cls, "config_file", None))
+    config = Config(canonical_name(model), dataset, overrides, model_config_file=getattr(cls, "config_file", None))
     if not config.dataset_config_found:
         data_dir = Path(config["data_path"]) / dataset
         if not data_dir.is_dir():

@@ -136,7 +136,7 @@ class Trainer:
             if self.clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), **dict(self.clip))
             self.optimizer.step()
-            total += float(loss)
+            total += float(loss.detach())
             n += 1
         return (total, parts), n
 

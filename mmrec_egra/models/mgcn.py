@@ -1,0 +1,119 @@
+"""MGCN: Multi-View Graph Convolutional Network for multimedia recommendation
+(Yu, Li, Wang, Xie, Li; ACM MM'23).
+
+Behaviour view (LightGCN on A_ui = D^-1/2 [[0, R], [R^T, 0]] D^-1/2, n_ui_layers L):
+    B = mean_{l=0..L} A_ui^l [E_u; E_i]
+Modality view (`ModalityBranch`, any number M of modalities), per modality m:
+    p_m = E_i * sigmoid(W_m^g (W_m X_m + b_m) + b_m^g)      behaviour-guided purifier
+    i_m = S_m^n p_m, u_m = R_norm i_m                        S_m: cosine 10-NN of X_m,
+                                                               D^-1/2 S D^-1/2 (row sums)
+    common = sum_m softmax_m(q(e_m)) e_m, side = (sum_m sigmoid(P_m B) * (e_m - common)
+             + common) / (M + 1)
+Final F = B + side; score(u, i) = F_u . F_i.
+Loss (batch [3, B]: users, positive items, negative items):
+    BPR(F) + reg_weight * L2(F_u, F_pos, F_neg)
+    + cl_loss * (InfoNCE(side_pos, B_pos, cl_temp) + InfoNCE(side_u, B_u, cl_temp))
+returned as the tuple (bpr, reg, cl) so the trainer logs the parts.
+
+Documented deviation from MMRec: raw features are fixed inputs unless
+`freeze_features: false` (identical forward maths; MMRec lets Adam update them).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from ..graphs import bipartite_adjacency
+from ..losses import bpr_loss, info_nce, l2_reg
+from ..modules import (ModalityBranch, SparseMatrix, modality_knn_graphs, normalized_interactions,
+                       propagate_layers)
+from ..registry import register_model
+from ..utils import MMRecError
+from .base import GeneralRecommender, inter_matrix_csr
+
+
+def _cfg(config, key: str, default):
+    v = config[key]
+    return default if v is None else v
+
+
+@register_model
+class MGCN(GeneralRecommender):
+    is_multimodal = True
+
+    def __init__(self, config, dataloader):
+        super().__init__(config, dataloader)
+        dim = int(_cfg(config, "embedding_size", 64))
+        self.n_ui_layers = int(_cfg(config, "n_ui_layers", 2))
+        self.n_layers = int(_cfg(config, "n_layers", 1))
+        self.knn_k = int(_cfg(config, "knn_k", 10))
+        self.reg_weight = float(_cfg(config, "reg_weight", 1e-4))
+        self.cl_weight = float(_cfg(config, "cl_loss", 0.01))
+        self.cl_temp = float(_cfg(config, "cl_temp", 0.2))
+        if self.cl_temp <= 0:
+            raise MMRecError(f"cl_temp must be positive, found {self.cl_temp}")
+
+        self.user_embedding = nn.Embedding(self.n_users, dim)
+        self.item_id_embedding = nn.Embedding(self.n_items, dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_id_embedding.weight)
+
+        R = inter_matrix_csr(dataloader)
+        self.norm_adj = SparseMatrix(bipartite_adjacency(R), self.device, symmetric=True)
+        item_graphs = modality_knn_graphs(self, self.knn_k, weighted=True, include_self=True)
+        self.modality = ModalityBranch(self.mm_feats, item_graphs, normalized_interactions(R), dim,
+                                       n_layers=self.n_layers,
+                                       freeze_features=config["freeze_features"] is not False)
+
+    # ---- forward ---------------------------------------------------------
+    def behaviour_embeddings(self) -> torch.Tensor:
+        """LightGCN view on A_ui: mean over layers 0..n_ui_layers, [U+I, d] (users first)."""
+        ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
+        return propagate_layers(self.norm_adj, ego, self.n_ui_layers)
+
+    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(behaviour [U+I, d], side [U+I, d]); the scoring vectors are their sum."""
+        behaviour = self.behaviour_embeddings()
+        side, _ = self.modality(self.item_id_embedding.weight, behaviour)
+        return behaviour, side
+
+    # ---- MMRec interface ---------------------------------------------------
+    def calculate_loss(self, interaction):
+        users, pos, neg = interaction[0], interaction[1], interaction[2]
+        behaviour, side = self.forward()
+        final = behaviour + side
+        pos_rows, neg_rows = pos + self.n_users, neg + self.n_users
+        u, p, n = final[users], final[pos_rows], final[neg_rows]
+        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        reg = self.reg_weight * l2_reg(u, p, n)
+        if self.cl_weight != 0:
+            cl = info_nce(side[pos_rows], behaviour[pos_rows], self.cl_temp) + \
+                 info_nce(side[users], behaviour[users], self.cl_temp)
+            cl = self.cl_weight * cl
+        else:  # skip the contrastive work when it has no weight
+            cl = bpr.new_zeros(())
+        return bpr, reg, cl
+
+    def _final(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        behaviour, side = self.forward()
+        final = behaviour + side
+        return final[:self.n_users], final[self.n_users:]
+
+    def full_sort_predict(self, interaction):
+        u_all, i_all = self.cached("final", self._final)
+        return u_all[interaction[0]] @ i_all.t()
+
+    def item_representations(self, kind: str = "final") -> torch.Tensor:
+        """Item vectors [n_items, d] (eval mode, detached): 'final' (scoring, B + side),
+        'behaviour' (B) or 'modality' (side)."""
+        if kind not in ("final", "behaviour", "modality"):
+            raise MMRecError(f"item_representations kind must be final, behaviour or modality; found {kind!r}")
+        was = self.training
+        self.eval()
+        with torch.no_grad():
+            behaviour, side = self.forward()
+        self.train(was)
+        parts = {"final": behaviour + side, "behaviour": behaviour, "modality": side}
+        return parts[kind][self.n_users:].detach()

@@ -1,0 +1,57 @@
+"""VBPR: Visual Bayesian Personalized Ranking from implicit feedback (He & McAuley, AAAI'16).
+
+Item vector  v_i = [ e_i ; W x_i + b ]   with e_i an ID embedding [d] and x_i the
+concatenation of all available modality features (fixed inputs), projected to d.
+User vector  p_u of size 2d (one half meets the ID part, the other the content part).
+score(u, i) = p_u . v_i; loss BPR + reg_weight * L2(p_u, v_pos, v_neg).
+Trains on [3, B] batches (user, positive, negative). Only the batch's items are
+projected during training; all items once per evaluation (cached).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..losses import bpr_loss, l2_reg
+from ..registry import register_model
+from .base import GeneralRecommender
+
+
+@register_model
+class VBPR(GeneralRecommender):
+    is_multimodal = True
+
+    def __init__(self, config, dataloader):
+        super().__init__(config, dataloader)
+        dim = int(config["embedding_size"] or 64)
+        self.reg_weight = float(config["reg_weight"] or 0.0)
+        self.user_embedding = nn.Embedding(self.n_users, 2 * dim)
+        self.item_embedding = nn.Embedding(self.n_items, dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        # one concatenated feature table, fixed (not a parameter): nothing to update per step
+        feats = torch.cat([f.float() for f in self.mm_feats.values()], dim=1)
+        self.register_buffer("item_features", feats, persistent=False)
+        self.item_linear = nn.Linear(feats.shape[1], dim)
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """[e_i ; W x_i + b] for `items` (all items when None)."""
+        if items is None:
+            return torch.cat([self.item_embedding.weight, self.item_linear(self.item_features)], dim=1)
+        return torch.cat([self.item_embedding(items), self.item_linear(self.item_features[items])], dim=1)
+
+    def calculate_loss(self, interaction):
+        users, pos, neg = interaction[0], interaction[1], interaction[2]
+        u = self.user_embedding(users)
+        items = self.item_vectors(torch.cat([pos, neg]))   # one projection for both
+        p, n = items[:pos.shape[0]], items[pos.shape[0]:]
+        loss = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        return loss + self.reg_weight * l2_reg(u, p, n)
+
+    def full_sort_predict(self, interaction):
+        items = self.cached("items", self.item_vectors)
+        return self.user_embedding(interaction[0]) @ items.t()
+
+    def item_representations(self, kind: str = "final") -> torch.Tensor:
+        with torch.no_grad():
+            return self.item_vectors().detach()
