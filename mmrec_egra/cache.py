@@ -2,14 +2,14 @@
 
 A cache key is a hash of (a) the content of every array the graph was built from and
 (b) every parameter that shapes it, so a cached graph can never be stale: change one
-feature value or `knn_k` and the key changes. Entries are .npz files written atomically.
+feature value or `knn_k` and the key changes. Entries live in the LMDB artifact store
+(artifacts.py) of the dataset, written atomically and checksummed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .utils import atomic_write, get_logger
+from .utils import get_logger
 
 CACHE_VERSION = 1  # bump when a builder's mathematics changes
 
@@ -49,24 +49,12 @@ def make_key(kind: str, params: Dict[str, Any], inputs: Dict[str, Any]) -> str:
     return f"{kind}-{hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()}"
 
 
-def default_cache_dir(data_path: Optional[str], dataset: Optional[str]) -> Path:
-    """<data_path>/<dataset>/.cache when writable, else ~/.cache/mmrec_egra/<dataset>."""
-    if data_path and dataset:
-        d = Path(str(data_path)) / str(dataset) / ".cache"
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            if os.access(d, os.W_OK):
-                return d
-        except OSError:
-            pass
-    base = Path(os.environ.get("MMREC_EGRA_CACHE", Path.home() / ".cache" / "mmrec_egra"))
-    d = base / str(dataset or "default")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 class GraphCache:
-    """get_or_build(kind, params, inputs, builder) -> scipy CSR, cached on disk by content."""
+    """get_or_build(kind, params, inputs, builder) -> scipy CSR, stored in the artifact store.
+
+    The key hashes the content of every input array and every parameter, so a cached
+    graph is never stale; a corrupt entry is detected by the store's checksum and rebuilt.
+    """
 
     def __init__(self, directory: Optional[os.PathLike | str], enabled: bool = True):
         self.dir = Path(directory) if directory is not None else None
@@ -76,16 +64,18 @@ class GraphCache:
                      builder: Callable[[], sp.spmatrix]) -> sp.csr_matrix:
         if not self.enabled:
             return sp.csr_matrix(builder())
-        key = make_key(kind, params, inputs)
-        path = self.dir / f"{key}.npz"
-        if path.is_file():
-            try:
-                return sp.load_npz(path).tocsr()
-            except Exception as exc:  # a truncated or foreign file: rebuild, never use it
-                get_logger().warning("graph cache entry %s is unreadable (%s); rebuilding", path, exc)
+        from .artifacts import open_store
+        key = "graph/" + make_key(kind, params, inputs)
+        store = open_store(self.dir)
+        hit = store.get(key)
+        if hit is not None:
+            arrays, meta = hit
+            return sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(meta["shape"]))
         graph = sp.csr_matrix(builder())
+        graph.sort_indices()
         try:
-            atomic_write(path, lambda fh: sp.save_npz(fh, graph, compressed=False), mode="wb")
-        except OSError as exc:
-            get_logger().warning("could not write graph cache %s: %s", path, exc)
+            store.put(key, {"indptr": graph.indptr, "indices": graph.indices, "data": graph.data},
+                      {"kind": kind, "params": params, "shape": list(graph.shape)})
+        except Exception as exc:  # a full disk must not stop training
+            get_logger().warning("could not store graph %s in %s: %s", key, self.dir, exc)
         return graph

@@ -81,6 +81,26 @@ def save_topk(model, dataset, config, path: Path, k: int) -> None:
     atomic_write(path, write)
 
 
+def export_combination(model, config: Config, dataset, run_dir: Optional[Path]) -> Dict[str, Any]:
+    """--export_item_embeddings: best-valid item vectors to <combo>/item_embeddings.npy and the store."""
+    from .artifacts import artifact_dir_for, open_store
+    from .pipeline import export_items, export_key
+    kind = str(config["teacher_embedding"] or "final")
+    emb = export_items(model, kind)
+    key = export_key(dataset.content_hash(), config, kind)
+    open_store(artifact_dir_for(config)).put(key, {"items": emb}, {"teacher": config["model"], "kind": kind,
+                                                                  "seed": config["seed"],
+                                                                  "protocol": "valid-early-stopping"})
+    out = {"key": key, "shape": list(emb.shape)}
+    if run_dir is not None:
+        path = run_dir / "item_embeddings.npy"
+        atomic_write(path, lambda fh: np.save(fh, emb), mode="wb")
+        out["file"] = str(path)
+    get_logger().info("exported %s item representations %s: %s (store key %s)", kind, emb.shape,
+                      out.get("file", "(not saved to a file)"), key)
+    return out
+
+
 def train_combination(config: Config, dataset, loaders, run_dir: Optional[Path], resume: bool = False,
                       model_factory=None):
     """Seed, build, fit one combination; returns (model, trainer, result dict)."""
@@ -89,6 +109,11 @@ def train_combination(config: Config, dataset, loaders, run_dir: Optional[Path],
     init_seed(seed)
     train_loader.set_seed(seed)
     cls = model_factory or get_model(config["model"])
+    prepare = getattr(cls, "prepare", None)
+    if prepare is not None:            # e.g. EGRA's stage 1 (teacher training / reuse)
+        prepare(config, dataset, loaders)
+        init_seed(seed)
+        train_loader.set_seed(seed)
     model = cls(config, train_loader).to(config["device"])
     trainer = Trainer(config, model, run_dir)
     if config["longtail_eval"]:
@@ -132,12 +157,14 @@ def run(model: str, dataset: str, overrides: Optional[Dict[str, Any]] = None, re
                     rows.append(prev)
                     continue
             if run_dir is not None:
-                write_json(run_dir / "config.json", {k: v for k, v in cfg.items()})
+                write_json(run_dir / "config.json", {k: v for k, v in cfg.items() if not isinstance(v, np.ndarray)})
             t0 = time.time()
             model_obj, trainer, result = train_combination(cfg, ds, loaders, run_dir, resume=resume)
             result["total_seconds"] = round(time.time() - t0, 2)
             row = {"index": idx, "combination": combo, "config_key": cfg["_combo_key"], "result": result,
                    "dir": str(run_dir) if run_dir else None}
+            if cfg["export_item_embeddings"]:
+                row["export"] = export_combination(model_obj, cfg, ds, run_dir)
             if run_dir is not None:
                 write_json(run_dir / "result.json", row)
                 if cfg["save_recommended_topk"]:

@@ -80,7 +80,7 @@ def get_logger() -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-        logger.propagate = False
+        logger.propagate = True  # lets pytest caplog and host applications see our records
     return logger
 
 

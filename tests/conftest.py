@@ -26,7 +26,7 @@ def make_env(demo_root, tmp_path):
 
     def _make(model: str, **overrides):
         base = {"data_path": demo_root, "checkpoint_dir": str(tmp_path / "saved"), "show_progress": False,
-                "device": "cpu", "cache_dir": str(tmp_path / "cache")}
+                "device": "cpu", "artifact_dir": str(tmp_path / "artifacts")}
         base.update(overrides)
         config = make_config(model, "demo", base)
         combo = config.grid()[0]

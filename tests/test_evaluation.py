@@ -102,3 +102,22 @@ def test_longtail_groups():
     assert res["recall@2"] == pytest.approx(0.5)
     assert res["tail/recall@2"] == pytest.approx(1.0)
     assert res["head/recall@2"] == pytest.approx(0.0)
+
+
+def test_chunked_ranking_equals_whole_batch():
+    rng = np.random.default_rng(0)
+    scores = rng.random((30, 12)).tolist()
+    train = (rng.random((30, 12)) < 0.2).astype(np.float32)
+    positives = ((rng.random((30, 12)) < 0.3) & (train == 0)).astype(np.float32)
+    positives[:, 0] = np.where(positives.sum(1) == 0, 1 - train[:, 0], positives[:, 0])
+    users = np.flatnonzero(positives.sum(1) > 0)
+    whole = TopKEvaluator({"metrics": ["Recall", "NDCG", "MAP"], "topk": [3, 5]})
+    chunked = TopKEvaluator({"metrics": ["Recall", "NDCG", "MAP"], "topk": [3, 5], "eval_chunk_elems": 25})
+    loader = _Loader(users, train, positives)
+    a = whole.evaluate(_FixedScores(scores), loader)
+    b = chunked.evaluate(_FixedScores(scores), loader)
+    assert a == b
+    ua, ta = whole.rank(_FixedScores(scores), loader)
+    ub, tb = chunked.rank(_FixedScores(scores), loader)
+    assert (ua == ub).all() and (ta == tb).all()
+    assert not train[ua[:, None], ta].any()

@@ -19,7 +19,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn as nn
 
-from ..cache import GraphCache, default_cache_dir
+from ..artifacts import artifact_dir_for
+from ..cache import GraphCache
 from ..config import modality_files
 from ..utils import MMRecError
 
@@ -104,8 +105,7 @@ class GeneralRecommender(nn.Module):
     def graph_cache(self) -> GraphCache:
         """Content-keyed cache for graphs (disabled with `graph_cache: false`)."""
         enabled = self.config["graph_cache"] is not False
-        directory = self.config["cache_dir"] or default_cache_dir(self.config["data_path"], self.config["dataset"])
-        return GraphCache(directory, enabled=enabled)
+        return GraphCache(artifact_dir_for(self.config) if enabled else None, enabled=enabled)
 
     def cached(self, key: str, fn: Callable[[], Any]) -> Any:
         """Memoise `fn()` while in eval mode (cleared on every train()/eval() switch).
