@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import time
 from pathlib import Path
@@ -30,20 +31,27 @@ MAGIC = b"MMREGRA1"
 MAP_SIZE = 1 << 36          # 64 GiB of address space; the file grows only as needed
 
 
+def _writable_dir(path: Path) -> bool:
+    """Writable for us AND not marked read-only by its mode bits (root ignores those, but a
+    folder shipped read-only, like ../shared/data, must not receive our files)."""
+    try:
+        return os.access(path, os.W_OK) and bool(path.stat().st_mode & stat.S_IWUSR)
+    except OSError:
+        return False
+
+
 def default_artifact_dir(data_path: Optional[str], dataset: Optional[str]) -> Path:
-    """<data_path>/<dataset>/.artifacts when writable, else ~/.cache/mmrec_egra/<dataset>/artifacts."""
+    """<data_path>/<dataset>/.artifacts when that dataset folder is writable, else
+    ~/.cache/mmrec_egra/<dataset>-<hash of the dataset path>/artifacts (env MMREC_EGRA_CACHE)."""
     if data_path and dataset:
-        d = Path(str(data_path)) / str(dataset) / ".artifacts"
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            probe = d / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+        ds_dir = Path(str(data_path)) / str(dataset)
+        if ds_dir.is_dir() and _writable_dir(ds_dir):
+            d = ds_dir / ".artifacts"
+            d.mkdir(exist_ok=True)
             return d
-        except OSError:
-            pass
     base = Path(os.environ.get("MMREC_EGRA_CACHE", Path.home() / ".cache" / "mmrec_egra"))
-    d = base / str(dataset or "default") / "artifacts"
+    tag = hashlib.blake2b(str(Path(str(data_path or "")).resolve()).encode(), digest_size=4).hexdigest()
+    d = base / f"{dataset or 'default'}-{tag}" / "artifacts"
     d.mkdir(parents=True, exist_ok=True)
     return d
 

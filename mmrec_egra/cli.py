@@ -21,11 +21,25 @@ def _run_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", default="demo", help="dataset name (configs/dataset/<name>.yaml)")
     p.add_argument("--resume", action="store_true", help="continue interrupted combinations from last.pt")
     p.add_argument("--no_save", action="store_true", help="do not write results/checkpoints")
+    p.add_argument("--ablation", action="store_true",
+                   help="run the model's ablation arms (ablation_arms in its yaml) over --seed and write one table")
     return p
+
+
+def _cli_repr(v) -> str:
+    import json
+    return v if isinstance(v, str) else json.dumps(v)
 
 
 def main_run(argv: Optional[List[str]] = None, prog: str = "main.py") -> int:
     args, rest = _run_parser(prog).parse_known_args(argv)
+    if args.ablation:
+        from . import compare
+        overrides = parse_cli_overrides(rest)
+        seeds = overrides.pop("seed", 999)
+        seeds = seeds if isinstance(seeds, list) else [seeds]
+        rest = [t for k, v in overrides.items() for t in (f"--{k}", _cli_repr(v))]
+        return compare.main(["-d", args.dataset, "--ablation", args.model, "--seeds", *map(str, seeds), *rest])
     try:
         overrides = parse_cli_overrides(rest)
         from .runner import run
@@ -36,6 +50,53 @@ def main_run(argv: Optional[List[str]] = None, prog: str = "main.py") -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command with --resume to continue", file=sys.stderr)
         return 130
+    return 0
+
+
+def main_artifacts(argv: List[str]) -> int:
+    """`mmrec-egra artifacts list|clear -d DATASET [--data_path P] [--prefix teacher/]`."""
+    p = argparse.ArgumentParser(prog="mmrec-egra artifacts", description="Inspect or clean a dataset's artifact store")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("--data_path", default=None, help="folder holding <dataset>/ (default: the configs' data/)")
+    p.add_argument("--artifact_dir", default=None, help="explicit store folder (overrides the default)")
+    p.add_argument("--prefix", default="", help="only entries whose key starts with this (e.g. teacher/ or graph/)")
+    args = p.parse_args(argv)
+    from .artifacts import artifact_dir_for, open_store
+    from .config import Config
+    overrides = {k: v for k, v in (("data_path", args.data_path), ("artifact_dir", args.artifact_dir)) if v}
+    cfg = Config("BPR", args.dataset, overrides)
+    store = open_store(artifact_dir_for(cfg))
+    if args.action == "list":
+        entries = [e for e in store.list() if e["key"].startswith(args.prefix)]
+        print(f"artifact store {store.dir}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+        for e in entries:
+            desc = e.get("error") or ", ".join(f"{n} {s}" for n, s in e["arrays"].items())
+            meta = e.get("meta") or {}
+            extra = " ".join(f"{k}={meta[k]}" for k in ("teacher", "kind", "seed", "best_epoch", "protocol")
+                             if k in meta)
+            print(f"  {e['key']}  {e['bytes'] / 2 ** 20:.2f} MiB  {desc}  {extra}  {e.get('created') or ''}")
+    else:
+        n = store.clear(args.prefix)
+        print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {store.dir}")
+    return 0
+
+
+def main_install(cmd: str, argv: List[str]) -> int:
+    """`mmrec-egra install-into|uninstall-from MMRec/src [-m MODEL ...] [--force]`."""
+    p = argparse.ArgumentParser(prog=f"mmrec-egra {cmd}",
+                                description="Install our models into (or remove them from) an MMRec checkout")
+    p.add_argument("src", help="the MMRec src/ folder (holding models/ and configs/)")
+    p.add_argument("--force", action="store_true", help="replace MMRec's own files (backed up) / edited files")
+    if cmd == "install-into":
+        p.add_argument("-m", "--models", nargs="+", default=None, help="only these models (default: all)")
+    args = p.parse_args(argv)
+    from .install import install_into, uninstall_from
+    if cmd == "install-into":
+        written = install_into(args.src, args.models, force=args.force)
+        print(f"{len(written)} file(s) written; run MMRec as usual, e.g. python main.py -m EGRA -d baby")
+    else:
+        uninstall_from(args.src, force=args.force)
     return 0
 
 
@@ -51,7 +112,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .registry import list_models
             print("\n".join(list_models()))
             return 0
-        raise MMRecError(f"unknown command '{cmd}'; commands: run, list")
+        if cmd == "artifacts":
+            return main_artifacts(rest)
+        if cmd in ("install-into", "uninstall-from"):
+            return main_install(cmd, rest)
+        raise MMRecError(f"unknown command '{cmd}'; commands: run, list, artifacts, install-into, uninstall-from")
     except MMRecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
