@@ -106,13 +106,15 @@ def train_combination(config: Config, dataset, loaders, run_dir: Optional[Path],
     """Seed, build, fit one combination; returns (model, trainer, result dict)."""
     train_loader, valid_loader, test_loader = loaders
     seed = int(config["seed"])
-    init_seed(seed)
+    if config["threads"]:
+        torch.set_num_threads(int(config["threads"]))
+    init_seed(seed, config["deterministic"] is not False)
     train_loader.set_seed(seed)
     cls = model_factory or get_model(config["model"])
     prepare = getattr(cls, "prepare", None)
     if prepare is not None:            # e.g. EGRA's stage 1 (teacher training / reuse)
         prepare(config, dataset, loaders)
-        init_seed(seed)
+        init_seed(seed, config["deterministic"] is not False)
         train_loader.set_seed(seed)
     model = cls(config, train_loader).to(config["device"])
     trainer = Trainer(config, model, run_dir)

@@ -126,7 +126,7 @@ class Trainer:
             out = self.model.calculate_loss(batch)
             if isinstance(out, (tuple, list)):
                 loss = sum(out)
-                vals = np.array([float(x) for x in out])
+                vals = np.array([float(x.detach()) if torch.is_tensor(x) else float(x) for x in out])
                 parts = vals if parts is None else parts + vals
             else:
                 loss = out

@@ -18,8 +18,13 @@ class MMRecError(Exception):
     """A user-facing error: bad file, bad key or bad value. The CLI prints only its message."""
 
 
-def init_seed(seed: int) -> None:
-    """Seed every RNG we use and make CPU kernels deterministic."""
+def init_seed(seed: int, deterministic: bool = True) -> None:
+    """Seed every RNG we use; `deterministic` also selects torch's deterministic kernels.
+
+    Without it, the backward of embedding lookups with repeated ids (x[ids]) accumulates
+    with atomics on multi-threaded CPUs and CUDA, so two runs with one seed can differ.
+    """
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)

@@ -5,8 +5,25 @@ import torch
 from model_checks import build, check_model, train_epochs
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these small problems gain nothing from two, and on a loaded
+    machine OpenMP threads spinning at barriers make them several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_lgmrec_trains_and_ranks(make_env):
-    check_model(make_env, "LGMRec", epochs=4, learning_rate=0.01)
+    check_model(make_env, "LGMRec", epochs=3, learning_rate=0.01)
+
+
+def test_lgmrec_frozen_features_train(make_env):
+    config, ds, loaders, model = build(make_env, "LGMRec", learning_rate=0.01, freeze_features=True)
+    assert not model.feature_tables and set(model._local_basis) == set(model.modalities)
+    losses = train_epochs(config, model, loaders, 2)
+    assert losses[1] < losses[0]
 
 
 def test_lgmrec_memberships(make_env):
@@ -30,7 +47,7 @@ def test_lgmrec_memberships(make_env):
 
 def test_lgmrec_one_modality(make_env):
     config, ds, loaders, model, losses, res = check_model(
-        make_env, "LGMRec", epochs=3, learning_rate=0.01, modalities={"image": "image_feat.npy"})
+        make_env, "LGMRec", epochs=2, learning_rate=0.01, modalities={"image": "image_feat.npy"})
     assert model.modalities == ["image"]
     model.train()
     _, cl, _ = model.calculate_loss(next(iter(loaders[0])))
@@ -41,13 +58,14 @@ def test_lgmrec_same_seed_same_losses(make_env):
     runs = []
     for _ in range(2):
         config, ds, loaders, model = build(make_env, "LGMRec", learning_rate=0.01)
-        runs.append(train_epochs(config, model, loaders, 2))
+        runs.append(train_epochs(config, model, loaders, 1))
     assert runs[0] == runs[1]
 
 
 @pytest.mark.parametrize("scope", ["batch", "all"])
 def test_lgmrec_gradients_reach_hyperedges(make_env, scope):
-    config, ds, loaders, model = build(make_env, "LGMRec", lgmrec_cl_scope=scope, cl_weight=1.0)
+    config, ds, loaders, model = build(make_env, "LGMRec", lgmrec_cl_scope=scope, cl_weight=1.0,
+                                       freeze_features=True)
     model.train()
     batch = next(iter(loaders[0]))
     loss, cl, reg = model.calculate_loss(batch)
@@ -60,9 +78,23 @@ def test_lgmrec_gradients_reach_hyperedges(make_env, scope):
     assert not any(p.requires_grad for p in model.mm_feats.values())
 
 
-def test_lgmrec_trainable_features(make_env):
-    config, ds, loaders, model = build(make_env, "LGMRec", freeze_features=False)
-    assert set(model.feature_tables) == set(model.modalities)
+def test_lgmrec_trainable_features_by_default(make_env):
+    config, ds, loaders, model = build(make_env, "LGMRec")
+    assert set(model.feature_tables) == set(model.modalities) and not model._local_basis
     loss = sum(model.calculate_loss(next(iter(loaders[0]))))
     loss.backward()
     assert model.feature_tables[model.modalities[0]].grad is not None
+
+
+def test_lgmrec_precomputed_local_branch_matches_direct(make_env):
+    config, ds, loaders, model = build(make_env, "LGMRec", freeze_features=True)
+    for name in model.modalities:
+        assert name in model._local_basis          # frozen, narrow features: precomputed
+        direct = model._propagate_local(model.mm_feats[name] @ model.projections[name])
+        assert torch.allclose(model.local_modality(name), direct, atol=1e-5)
+        # users' layer-0 modality embedding is the mean of their items' embeddings
+        items = model.mm_feats[name] @ model.projections[name]
+        R = torch.as_tensor(ds.inter_matrix("csr").toarray(), dtype=torch.float32)
+        mean = (R @ items) / R.sum(1, keepdim=True).clamp_min(1)
+        from mmrec_egra.graphs import spmm
+        assert torch.allclose(spmm(model.r_mean, items), mean, atol=1e-5)
