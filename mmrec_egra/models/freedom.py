@@ -121,14 +121,16 @@ class FREEDOM(GeneralRecommender):
     def calculate_loss(self, interaction):
         users, pos, neg = interaction[0], interaction[1], interaction[2]
         u_all, i_all = self.forward(self.masked_adj)
-        u = u_all[users]
-        loss = bpr_loss((u * i_all[pos]).sum(-1), (u * i_all[neg]).sum(-1))
+        # index_select, not u_all[users]: the backward of advanced indexing accumulates
+        # with atomics on CPU threads, which makes training irreproducible
+        u = u_all.index_select(0, users)
+        loss = bpr_loss((u * i_all.index_select(0, pos)).sum(-1), (u * i_all.index_select(0, neg)).sum(-1))
         if self.reg_weight != 0.0:
             feat_loss = 0.0
             for name, proj in self.projections.items():
                 x = feature(self, name)
                 # project only the batch rows: the same values as projecting every item
-                fp, fn = proj(x[pos]), proj(x[neg])
+                fp, fn = proj(x.index_select(0, pos)), proj(x.index_select(0, neg))
                 feat_loss = feat_loss + bpr_loss((u * fp).sum(-1), (u * fn).sum(-1))
             loss = loss + self.reg_weight * feat_loss
         return loss
