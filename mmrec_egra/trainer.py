@@ -118,7 +118,8 @@ class Trainer:
         total = 0.0
         parts: Optional[np.ndarray] = None
         n = 0
-        it = tqdm(train_loader, total=len(train_loader), desc=f"epoch {epoch:>3} train", leave=False,
+        total_batches = len(train_loader) if hasattr(train_loader, "__len__") else None
+        it = tqdm(train_loader, total=total_batches, desc=f"epoch {epoch:>3} train", leave=False,
                   disable=not self.progress, file=sys.stderr)
         for batch_idx, batch in enumerate(it):
             batch = batch.to(self.model.device) if isinstance(batch, torch.Tensor) else batch

@@ -1,0 +1,249 @@
+"""SIGE: Semantic Item Graph Enhancement for multimodal recommendation
+(Zhang, Zhou, Zeng, Niyato, Shen; arXiv 2508.06154, 2025; also cited as SIGER).
+
+Only the abstract is public; this is our reading of it (design/SIGE.md) on an MGCN-style
+backbone. Notation: R training interactions, A_ui = D^-1/2 [[0,R],[R^T,0]] D^-1/2,
+R_norm its user-item block, X_m the raw features of modality m, E_u / E_i ID embeddings.
+
+Graphs (built once, frozen, cached by content):
+    S_m     = D^-1/2 kNN_cos(X_m, knn_k) D^-1/2            raw semantic graph (MGCN's own)
+    C       = D^-1/2 sym(topk_k(R^T R - diag)) D^-1/2       collaborative item graph
+              (counts or cosine, `sige_co_norm`; k = `sige_co_k`)
+    S~_m    = (1 - alpha) S_m + alpha C                      infusion (`sige_alpha`)
+Views:
+    b   = mean_{l=0..L} A_ui^l [E_u; E_i]                    behaviour (LightGCN, n_ui_layers)
+    s^m = [R_norm i_m; i_m], i_m = S~_m^n p_m,               semantic view of modality m
+          p_m = E_i * sigmoid(W_g(W_m X_m))                  (MGCN's purifier, n_layers n)
+    f   = fuse(s^1..s^M; b)                                  attention + preference gates
+    score(u, i) = (b + f)_u . (b + f)_i
+Loss on a batch (users, positives, negatives); "e" = batch users and batch positives
+(the first `sige_cl_batch` of each when set: the InfoNCE terms are quadratic in their
+rows and, at 2048 rows, would make SIGE ~3x MGCN's cost), every InfoNCE is taken over
+users and over items separately and summed (as MGCN):
+    BPR + reg_weight * L2(final u, p, n)
+    + sige_lambda_p * [InfoNCE(f'_e, f''_e) (+ InfoNCE(b'_e, b''_e) with perturb_on both)]
+    + sige_lambda_a * sum_m InfoNCE(b_e, s^m_e)               behaviour vectors as anchors
+    + sige_lambda_c * InfoNCE(f_e, b_e)                       behaviour-fused alignment
+with f' = fuse(perturb(s^m_e); b_e): the semantic views of each modality are perturbed
+(modulus-based noise, `modulus_perturb`) and fused, twice, giving two contrastive views.
+A zero coefficient skips its term entirely (no noise is drawn when sige_lambda_p is 0).
+`calculate_loss` returns (bpr, reg, pert, anchor, align), each already weighted.
+
+Design choice: SIGE derives from GeneralRecommender and reuses `ModalityBranch` directly
+rather than subclassing MGCN, because its graphs (the infused S~_m) and its whole loss
+differ; it shares MGCN's raw kNN graph cache entry, purifier, fusion and behaviour view.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Mapping, Tuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn as nn
+
+from ..graphs import bipartite_adjacency, co_interaction_graph, sym_normalize
+from ..losses import bpr_loss, info_nce, l2_reg
+from ..modules import ModalityBranch, SparseMatrix, modality_knn_graphs, normalized_interactions, propagate_layers
+from ..registry import register_model
+from ..utils import MMRecError
+from .base import GeneralRecommender, inter_matrix_csr
+
+
+def _cfg(config, key: str, default):
+    v = config[key]
+    return default if v is None else v
+
+
+def modulus_perturb(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """Modulus-based personalised perturbation: z + eps * ||z|| * sign(z) * u / ||u||.
+
+    u ~ U(0, 1)^d per row, drawn from torch's global generator (so the run seed covers
+    it). The noise of each row has norm eps * ||z|| exactly (components where z is exactly
+    0 get none) and lies in z's orthant, so it rotates z by a bounded angle whatever its
+    scale: the intensity follows the embedding's own modulus. The modulus is detached:
+    the noise is a perturbation, not a path for gradients.
+    """
+    u = torch.rand_like(z)
+    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    scale = eps * z.detach().norm(dim=-1, keepdim=True)
+    return z + scale * torch.sign(z.detach()) * u
+
+
+def collaborative_item_graph(model: GeneralRecommender, inter: sp.spmatrix, k: int, norm: str,
+                             symmetric: bool = True) -> sp.csr_matrix:
+    """C = sym_normalize(co_interaction_graph(R, k, norm, symmetric)), cached through
+    `model.graph_cache()` keyed by the interaction matrix content and (k, norm, symmetric)."""
+    R = sp.csr_matrix(inter, dtype=np.float32)
+    params = {"k": int(k), "norm": str(norm), "symmetric": bool(symmetric)}
+
+    def build() -> sp.csr_matrix:
+        return sym_normalize(co_interaction_graph(R, int(k), norm=norm, symmetric=symmetric))
+
+    return model.graph_cache().get_or_build("co_interaction", params, {"inter": R}, build)
+
+
+def infuse(semantic: sp.spmatrix, collaborative: sp.spmatrix, alpha: float, renorm: bool = False) -> sp.csr_matrix:
+    """(1 - alpha) * semantic + alpha * collaborative (both already normalised); with
+    `renorm` the mix is passed through sym_normalize again."""
+    mix = sp.csr_matrix((1.0 - alpha) * sp.csr_matrix(semantic, dtype=np.float32)
+                        + alpha * sp.csr_matrix(collaborative, dtype=np.float32), dtype=np.float32)
+    mix.eliminate_zeros()
+    return sym_normalize(mix) if renorm else mix
+
+
+@register_model("SIGE", aliases=["SIGER"])
+class SIGE(GeneralRecommender):
+    is_multimodal = True
+    input_type = "pairwise"
+
+    def __init__(self, config, dataloader):
+        super().__init__(config, dataloader)
+        dim = int(_cfg(config, "embedding_size", 64))
+        self.n_ui_layers = int(_cfg(config, "n_ui_layers", 2))
+        self.n_layers = int(_cfg(config, "n_layers", 1))
+        self.knn_k = int(_cfg(config, "knn_k", 10))
+        self.reg_weight = float(_cfg(config, "reg_weight", 1e-4))
+        self.cl_temp = float(_cfg(config, "cl_temp", 0.2))
+        self.alpha = float(_cfg(config, "sige_alpha", 0.3))
+        self.renorm = bool(_cfg(config, "sige_renorm", False))
+        self.co_k = int(_cfg(config, "sige_co_k", 10))
+        self.co_norm = str(_cfg(config, "sige_co_norm", "cosine"))
+        self.co_symmetric = bool(_cfg(config, "sige_co_symmetric", True))
+        self.eps = float(_cfg(config, "sige_eps", 0.1))
+        self.perturb_on = str(_cfg(config, "sige_perturb_on", "semantic"))
+        self.lambda_p = float(_cfg(config, "sige_lambda_p", 0.1))
+        self.lambda_a = float(_cfg(config, "sige_lambda_a", 0.01))
+        self.lambda_c = float(_cfg(config, "sige_lambda_c", 0.01))
+        self.anchor_stopgrad = bool(_cfg(config, "sige_anchor_stopgrad", False))
+        self.cl_batch = int(_cfg(config, "sige_cl_batch", 0))
+        self._check_config()
+
+        self.user_embedding = nn.Embedding(self.n_users, dim)
+        self.item_id_embedding = nn.Embedding(self.n_items, dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_id_embedding.weight)
+
+        R = inter_matrix_csr(dataloader)
+        self.norm_adj = SparseMatrix(bipartite_adjacency(R), self.device, symmetric=True)
+        self.item_graphs = self.build_item_graphs(R)
+        self.modality = ModalityBranch(self.mm_feats, self.item_graphs, normalized_interactions(R), dim,
+                                       n_layers=self.n_layers,
+                                       freeze_features=config["freeze_features"] is not False)
+
+    def _check_config(self) -> None:
+        if self.cl_temp <= 0:
+            raise MMRecError(f"cl_temp must be positive, found {self.cl_temp}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise MMRecError(f"sige_alpha is the weight of the collaborative graph in a convex mix and must lie "
+                             f"in [0, 1], found {self.alpha}")
+        if self.eps < 0:
+            raise MMRecError(f"sige_eps must be >= 0, found {self.eps}")
+        if self.co_norm not in ("count", "cosine"):
+            raise MMRecError(f"sige_co_norm must be 'count' or 'cosine', found {self.co_norm!r}")
+        if self.co_k < 1:
+            raise MMRecError(f"sige_co_k must be >= 1, found {self.co_k}")
+        if self.perturb_on not in ("semantic", "both"):
+            raise MMRecError(f"sige_perturb_on must be 'semantic' or 'both', found {self.perturb_on!r}")
+
+    # ---- graphs ------------------------------------------------------------
+    def build_item_graphs(self, R: sp.spmatrix) -> "OrderedDict[str, sp.csr_matrix]":
+        """S~_m = (1 - alpha) S_m + alpha C per modality (scipy CSR, frozen).
+
+        S_m is MGCN's weighted, self-including, D^-1/2 S D^-1/2 kNN graph (same cache
+        entry); C is built only when alpha > 0, so the no-infusion arm is exactly S_m.
+        """
+        semantic = modality_knn_graphs(self, self.knn_k, weighted=True, include_self=True, norm="sym",
+                                       as_torch=False)
+        if self.alpha == 0.0:
+            return OrderedDict((n, sym_normalize(g) if self.renorm else g) for n, g in semantic.items())
+        collab = collaborative_item_graph(self, R, self.co_k, self.co_norm, self.co_symmetric)
+        return OrderedDict((n, infuse(g, collab, self.alpha, self.renorm)) for n, g in semantic.items())
+
+    # ---- forward -------------------------------------------------------------
+    def behaviour_embeddings(self) -> torch.Tensor:
+        """LightGCN view on A_ui: mean over layers 0..n_ui_layers, [U+I, d] (users first)."""
+        ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
+        return propagate_layers(self.norm_adj, ego, self.n_ui_layers)
+
+    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(behaviour b [U+I, d], fused semantic f [U+I, d]); the scoring vectors are b + f."""
+        behaviour = self.behaviour_embeddings()
+        side, _ = self.modality(self.item_id_embedding.weight, behaviour)
+        return behaviour, side
+
+    # ---- loss terms ------------------------------------------------------------
+    def _pair_nce(self, x: torch.Tensor, y: torch.Tensor, b: int) -> torch.Tensor:
+        """InfoNCE(x, y) over the user rows [:b] plus over the item rows [b:] (x anchors)."""
+        return info_nce(x[:b], y[:b], self.cl_temp) + info_nce(x[b:], y[b:], self.cl_temp)
+
+    def perturbation_loss(self, sem: Mapping[str, torch.Tensor], beh: torch.Tensor, b: int) -> torch.Tensor:
+        """InfoNCE between two perturbed semantic views (rows: b users, then items)."""
+        def view() -> torch.Tensor:
+            return self.modality.fuse({n: modulus_perturb(v, self.eps) for n, v in sem.items()}, beh)
+
+        loss = self._pair_nce(view(), view(), b)
+        if self.perturb_on == "both":
+            loss = loss + self._pair_nce(modulus_perturb(beh, self.eps), modulus_perturb(beh, self.eps), b)
+        return loss
+
+    def anchor_loss(self, sem: Mapping[str, torch.Tensor], beh: torch.Tensor, b: int) -> torch.Tensor:
+        """sum_m InfoNCE(b, s^m): each modality pulled to the behaviour vector (the anchor)."""
+        anchor = beh.detach() if self.anchor_stopgrad else beh
+        return sum(self._pair_nce(anchor, v, b) for v in sem.values())
+
+    # ---- MMRec interface -------------------------------------------------------
+    def calculate_loss(self, interaction):
+        users, pos, neg = interaction[0], interaction[1], interaction[2]
+        behaviour = self.behaviour_embeddings()
+        per_modality = self.modality.modality_embeddings(self.item_id_embedding.weight)
+        # the fusion is row-wise: compute it only for the batch rows (users, pos, neg).
+        # index_select, not x[rows]: with repeated rows the backward of x[rows]
+        # (index_put_ with accumulate) sums in a thread-dependent order on CPU (torch 2.13,
+        # 2 threads), so runs with the same seed drift apart; index_add_ does not
+        b = users.shape[0]
+        rows = torch.cat([users, pos + self.n_users, neg + self.n_users])
+        beh = behaviour.index_select(0, rows)
+        sem: Dict[str, torch.Tensor] = {n: v.index_select(0, rows) for n, v in per_modality.items()}
+        side = self.modality.fuse(sem, beh)
+        final = beh + side
+        u, p, n = final[:b], final[b:2 * b], final[2 * b:]
+        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        reg = self.reg_weight * l2_reg(u, p, n)
+        zero = bpr.new_zeros(())
+        # contrastive terms act on the first c batch users and their positive items; the
+        # loader shuffles every epoch, so these rows are a uniform sample of the batch
+        c = b if self.cl_batch <= 0 else min(b, self.cl_batch)
+
+        def cl_rows(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x[:c], x[b:b + c]])
+
+        beh_e = cl_rows(beh)
+        sem_e = {k: cl_rows(v) for k, v in sem.items()}
+        pert = self.lambda_p * self.perturbation_loss(sem_e, beh_e, c) if self.lambda_p != 0 else zero
+        anc = self.lambda_a * self.anchor_loss(sem_e, beh_e, c) if self.lambda_a != 0 else zero
+        ali = self.lambda_c * self._pair_nce(cl_rows(side), beh_e, c) if self.lambda_c != 0 else zero
+        return bpr, reg, pert, anc, ali
+
+    def _final(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        behaviour, side = self.forward()
+        final = behaviour + side
+        return final[:self.n_users], final[self.n_users:]
+
+    def full_sort_predict(self, interaction):
+        u_all, i_all = self.cached("final", self._final)
+        return u_all[interaction[0]] @ i_all.t()
+
+    def item_representations(self, kind: str = "final") -> torch.Tensor:
+        """Item vectors [n_items, d] (eval mode, detached): 'final' (scoring, b + f),
+        'behaviour' (b) or 'modality' (fused semantic f)."""
+        if kind not in ("final", "behaviour", "modality"):
+            raise MMRecError(f"item_representations kind must be final, behaviour or modality; found {kind!r}")
+        was = self.training
+        self.eval()
+        with torch.no_grad():
+            behaviour, side = self.forward()
+        self.train(was)
+        parts = {"final": behaviour + side, "behaviour": behaviour, "modality": side}
+        return parts[kind][self.n_users:].detach()

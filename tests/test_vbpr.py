@@ -1,0 +1,58 @@
+"""VBPR: behaviour on the demo data and the structure of its vectors."""
+import numpy as np
+import torch
+
+from model_checks import build, check_model, train_epochs
+
+
+def test_vbpr_trains_and_ranks(make_env):
+    check_model(make_env, "VBPR", epochs=5, reg_weight=1e-4, learning_rate=0.01)
+
+
+def test_vbpr_config_grid(demo_root):
+    from mmrec_egra.runner import make_config
+    config = make_config("VBPR", "demo", {"data_path": demo_root})
+    assert [c["reg_weight"] for c in config.grid()] == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+
+
+def test_vbpr_vectors_and_projection_work(make_env):
+    config, ds, loaders, model = build(make_env, "VBPR", reg_weight=1e-4)
+    d = config["embedding_size"]
+    feat_dim = sum(f.shape[1] for f in model.mm_feats.values())
+    assert model.user_embedding.weight.shape == (ds.n_users, 2 * d)
+    assert model.item_linear.in_features == feat_dim
+    # features are fixed inputs, not parameters
+    assert "item_features" not in dict(model.named_parameters())
+    assert not model.item_features.requires_grad
+    reps = model.item_representations()
+    assert reps.shape == (ds.n_items, 2 * d)
+    feats = torch.cat(list(model.mm_feats.values()), dim=1)
+    assert torch.allclose(reps[:, :d], model.item_embedding.weight)
+    assert torch.allclose(reps[:, d:], model.item_linear(feats), atol=1e-6)
+
+    seen = []
+    model.item_linear.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    batch = next(iter(loaders[0]))
+    model.train()
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert seen == [2 * batch.shape[1]]                         # only the batch's pos + neg items
+    assert model.item_linear.weight.grad.abs().sum() > 0
+    model.eval()
+    seen.clear()
+    with torch.no_grad():
+        s1 = model.full_sort_predict((torch.arange(4), None))
+        s2 = model.full_sort_predict((torch.arange(4, 9), None))
+    assert seen == [ds.n_items]                                 # all items once, then cached
+    assert s1.shape == (4, ds.n_items) and s2.shape == (5, ds.n_items)
+    u = model.user_embedding.weight[:4]
+    assert torch.allclose(s1, u @ reps.t(), atol=1e-5)
+
+
+def test_vbpr_same_seed_same_losses(make_env):
+    runs = []
+    for _ in range(2):
+        config, ds, loaders, model = build(make_env, "VBPR", reg_weight=1e-4, learning_rate=0.01)
+        runs.append(train_epochs(config, model, loaders, 2))
+    # see test_mgcn_same_seed_same_losses for the tolerance
+    assert np.allclose(runs[0], runs[1], rtol=1e-6, atol=0), runs
