@@ -154,14 +154,14 @@ def test_schedule_edge_cases():
 
 
 def test_schedule_in_the_model(make_env, demo_root):
-    config, ds, loaders, model = egra(make_env, demo_root, egra_ramp=4, egra_lambda_max=0.1)
+    config, ds, loaders, model = egra(make_env, demo_root, egra_ramp=4, egra_lambda_max=0.1, egra_lambda_min=0.0)
     assert model.current_lambda() == 0.0
     for epoch in range(6):
         model.pre_epoch_processing()
         assert model.current_lambda() == pytest.approx(0.1 * min(epoch / 4, 1))
     assert "schedule_state" in model.state_dict()                         # continues on --resume
     # step unit: the ramp (in epochs) is converted with the loader's batches per epoch
-    config, ds, loaders, model = egra(make_env, demo_root, egra_ramp=2, egra_lambda_max=0.1,
+    config, ds, loaders, model = egra(make_env, demo_root, egra_ramp=2, egra_lambda_max=0.1, egra_lambda_min=0.0,
                                       egra_schedule_unit="step")
     assert model.batches_per_epoch == len(loaders[0])
     train_epochs(config, model, loaders, 1)
@@ -196,8 +196,8 @@ def test_alignment_loss_matches_the_formula(make_env, demo_root):
         got = model.calculate_loss(batch)
     for a, b in zip(got, ref):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
-    # lambda 0 (first epoch of the default linear ramp): no alignment term
-    _, _, _, m0 = egra(make_env, demo_root)
+    # lambda 0 (first epoch of a linear ramp from 0): no alignment term
+    _, _, _, m0 = egra(make_env, demo_root, egra_lambda_min=0.0)
     assert m0.calculate_loss(batch)[2].item() == 0.0
 
 
@@ -253,6 +253,8 @@ def test_yaml_defaults_and_ablation_arms(demo_root):
     cfg = make_config("EGRA", "demo", {"data_path": demo_root})
     assert cfg["teacher_model"] == "MGCN" and cfg["teacher_embedding"] == "final" and cfg["teacher_config"] == {}
     assert cfg.grid_keys == ["seed", "egra_lambda_max"] and sorted(cfg["egra_lambda_max"]) == [0.001, 0.01, 0.1]
+    # defaults picked on TikTok validation (see the yaml): ramp 0.001 -> 0.01, tau_w 0.2
+    assert cfg["egra_lambda_max"][0] == 0.01 and cfg["egra_lambda_min"] == 0.001 and cfg["egra_weight_temp"] == 0.2
     entries = {label: (model, over) for label, model, over in ablation_entries("EGRA", {"data_path": demo_root})}
     assert entries["MGCN"] == ("MGCN", {}) and entries["full"] == ("EGRA", {})
     assert entries["plain_graph"][1] == {"egra_graph_source": "none"}

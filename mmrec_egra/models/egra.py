@@ -206,8 +206,8 @@ class EGRA(MGCN):
         self.egra_k = int(_cfg(config, "egra_knn_k", 10))
         self.knn_weighted = config["egra_knn_weighted"] is not False
         self.beta = float(_cfg(config, "egra_beta", 1.0))
-        self.weight_temp = float(_cfg(config, "egra_weight_temp", 1.0))
-        self.lam_min = float(_cfg(config, "egra_lambda_min", 0.0))
+        self.weight_temp = float(_cfg(config, "egra_weight_temp", 0.2))
+        self.lam_min = float(_cfg(config, "egra_lambda_min", 0.001))
         self.lam_max = float(_cfg(config, "egra_lambda_max", 0.01))
         self.ramp = float(_cfg(config, "egra_ramp", 50))
         if self.egra_k < 1:

@@ -10,6 +10,12 @@ Graphs (built once, frozen, cached by content):
     C       = D^-1/2 sym(topk_k(R^T R - diag)) D^-1/2       collaborative item graph
               (counts or cosine, `sige_co_norm`; k = `sige_co_k`)
     S~_m    = (1 - alpha) S_m + alpha C                      infusion (`sige_alpha`)
+    Not renormalised by default (`sige_renorm: false`): each part has spectral radius 1
+    (D^-1/2 A D^-1/2 has the positive eigenvector sqrt(diag D)) and every row sum of the
+    mix lies between the parts' row sums. C is symmetric, so its eigenvalues lie in
+    [-1, 1]; MGCN's S_m is not, so rho(S~_m) <= 1 is not a theorem: measured 1.0018 at
+    most on the demo data and 0.95-0.98 on TikTok. `sige_renorm: true` applies
+    D^-1/2 . D^-1/2 to the mix again, which restores exactly 1.
 Views:
     b   = mean_{l=0..L} A_ui^l [E_u; E_i]                    behaviour (LightGCN, n_ui_layers)
     s^m = [R_norm i_m; i_m], i_m = S~_m^n p_m,               semantic view of modality m
@@ -113,11 +119,11 @@ class SIGE(GeneralRecommender):
         self.co_symmetric = bool(_cfg(config, "sige_co_symmetric", True))
         self.eps = float(_cfg(config, "sige_eps", 0.1))
         self.perturb_on = str(_cfg(config, "sige_perturb_on", "semantic"))
-        self.lambda_p = float(_cfg(config, "sige_lambda_p", 0.1))
-        self.lambda_a = float(_cfg(config, "sige_lambda_a", 0.01))
-        self.lambda_c = float(_cfg(config, "sige_lambda_c", 0.01))
+        self.lambda_p = float(_cfg(config, "sige_lambda_p", 0.01))
+        self.lambda_a = float(_cfg(config, "sige_lambda_a", 0.001))
+        self.lambda_c = float(_cfg(config, "sige_lambda_c", 0.001))
         self.anchor_stopgrad = bool(_cfg(config, "sige_anchor_stopgrad", False))
-        self.cl_batch = int(_cfg(config, "sige_cl_batch", 0))
+        self.cl_batch = int(_cfg(config, "sige_cl_batch", 1024))
         self._check_config()
 
         self.user_embedding = nn.Embedding(self.n_users, dim)
