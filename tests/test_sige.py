@@ -14,6 +14,8 @@ from model_checks import build, check_model, train_epochs
 
 # small batches keep the in-batch InfoNCE terms cheap on 2 CPU cores
 FAST = dict(learning_rate=0.01, train_batch_size=1024, sige_cl_batch=0, sige_alpha=0.3, sige_eps=0.1)
+# training tests: fewer, larger batches with contrast on a 512-row sample of each
+TRAIN = dict(FAST, train_batch_size=2048, sige_cl_batch=512)
 
 
 def _train_R(loaders) -> sp.csr_matrix:
@@ -279,19 +281,19 @@ def test_registry_alias():
 
 
 def test_sige_trains_and_ranks(make_env):
-    check_model(make_env, "SIGE", epochs=3, **FAST)
+    check_model(make_env, "SIGE", epochs=3, **TRAIN)
 
 
 def test_sige_same_seed_same_losses(make_env):
     runs = []
     for _ in range(2):
-        config, ds, loaders, model = build(make_env, "SIGE", **FAST)
+        config, ds, loaders, model = build(make_env, "SIGE", **TRAIN)
         runs.append(train_epochs(config, model, loaders, 1))
     assert runs[0] == runs[1]
 
 
 def test_sige_single_modality(make_env):
-    config, ds, loaders, model = build(make_env, "SIGE", modalities={"image": "image_feat.npy"}, **FAST)
+    config, ds, loaders, model = build(make_env, "SIGE", modalities={"image": "image_feat.npy"}, **TRAIN)
     assert model.modality.names == ["image"] and list(model.item_graphs) == ["image"]
     losses = train_epochs(config, model, loaders, 1)
     assert np.isfinite(losses).all()
