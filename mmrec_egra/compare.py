@@ -145,6 +145,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("-m", "--models", nargs="+", default=None, help="models to compare (default: all registered)")
     p.add_argument("--ablation", default=None, metavar="MODEL", help="compare the ablation arms of MODEL instead")
+    p.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                   help="with --ablation: run only these arms (default: all, in the yaml's order)")
     p.add_argument("--seeds", nargs="+", type=int, default=[999])
     p.add_argument("--grid", action="store_true", help="search each model's grid (chosen on valid) per seed")
     p.add_argument("--out", default=None, help="folder for table.md / table.csv / runs.json")
@@ -158,6 +160,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             overrides["longtail_eval"] = True
         if args.ablation:
             entries = ablation_entries(args.ablation, dict(overrides, dataset=args.dataset))
+            if args.arms:
+                known = [e[0] for e in entries]
+                unknown = [a for a in args.arms if a not in known]
+                if unknown:
+                    raise MMRecError(f"--arms: {', '.join(unknown)} not among the ablation arms of "
+                                     f"{args.ablation}: {', '.join(known)}")
+                entries = [e for e in entries if e[0] in args.arms]
             title = f"{args.ablation} ablation on {args.dataset}"
         else:
             from .registry import list_models

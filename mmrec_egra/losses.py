@@ -16,6 +16,16 @@ def l2_reg(*embeddings: torch.Tensor) -> torch.Tensor:
     return 0.5 * sum(e.pow(2).sum() for e in embeddings) / batch
 
 
+def emb_norm_reg(*embeddings: torch.Tensor) -> torch.Tensor:
+    """Sum of the (unsquared) Frobenius norms of the batch embeddings / batch size.
+
+    The EmbLoss form that MMRec's BPR, LightGCN, VBPR and LGMRec use; MGCN and LATTICE use
+    `l2_reg` (half squared norms). The two differ a lot in strength for one reg_weight.
+    """
+    batch = embeddings[0].shape[0]
+    return sum(torch.linalg.vector_norm(e) for e in embeddings) / batch
+
+
 def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float,
              reduction: str = "mean") -> torch.Tensor:
     """In-batch InfoNCE on cosine similarities; row i of view1 is positive with row i of view2.

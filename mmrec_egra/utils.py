@@ -24,6 +24,9 @@ def init_seed(seed: int, deterministic: bool = True) -> None:
     Without it, the backward of embedding lookups with repeated ids (x[ids]) accumulates
     with atomics on multi-threaded CPUs and CUDA, so two runs with one seed can differ.
     """
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; read when its handle is created
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))

@@ -56,3 +56,24 @@ def test_vbpr_same_seed_same_losses(make_env):
         runs.append(train_epochs(config, model, loaders, 2))
     # see test_mgcn_same_seed_same_losses for the tolerance
     assert np.allclose(runs[0], runs[1], rtol=1e-6, atol=0), runs
+
+
+def test_vbpr_feature_norm_modes():
+    import pytest
+    from mmrec_egra.models.vbpr import scale_features
+    from mmrec_egra.utils import MMRecError
+    x = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]])
+    assert torch.equal(scale_features(x, "none"), x)
+    assert torch.allclose(scale_features(x, "l2").norm(dim=1), torch.ones(3))
+    s = scale_features(x, "standard")
+    assert torch.allclose(s.mean(0), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(s.std(0), torch.ones(2))
+    with pytest.raises(MMRecError, match="feature_norm"):
+        scale_features(x, "minmax")
+
+
+def test_emb_norm_reg_is_mmrec_embloss():
+    from mmrec_egra.losses import emb_norm_reg
+    u = torch.tensor([[3.0, 4.0], [0.0, 0.0]])       # Frobenius norm 5
+    p = torch.tensor([[1.0, 0.0], [0.0, 0.0]])       # 1
+    assert float(emb_norm_reg(u, p)) == (5.0 + 1.0) / 2

@@ -1,7 +1,7 @@
 """BPR: Bayesian Personalized Ranking from implicit feedback (Rendle et al., UAI'09).
 
 Matrix factorisation s(u, i) = e_u . e_i trained with the pairwise loss
-L = -mean log sigmoid(s(u, i+) - s(u, i-)) + reg_weight * L2(batch embeddings).
+L = -mean log sigmoid(s(u, i+) - s(u, i-)) + reg_weight * (sum of Frobenius norms of the batch embeddings) / B  (MMRec EmbLoss).
 Trains on [3, B] batches (user, positive, negative).
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..losses import bpr_loss, l2_reg
+from ..losses import bpr_loss, emb_norm_reg
 from ..registry import register_model
 from .base import GeneralRecommender
 
@@ -31,7 +31,7 @@ class BPR(GeneralRecommender):
         p = self.item_embedding(pos)
         n = self.item_embedding(neg)
         loss = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        return loss + self.reg_weight * l2_reg(u, p, n)
+        return loss + self.reg_weight * emb_norm_reg(u, p, n)
 
     def full_sort_predict(self, interaction):
         users = interaction[0]

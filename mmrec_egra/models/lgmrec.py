@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..graphs import bipartite_adjacency, propagate, row_normalize, spmm, to_torch_sparse
-from ..losses import bpr_loss, info_nce, l2_reg
+from ..losses import bpr_loss, info_nce, emb_norm_reg
 from ..registry import register_model
 from ..utils import MMRecError
 from .base import GeneralRecommender, inter_matrix_csr
@@ -232,7 +232,7 @@ class LGMRec(GeneralRecommender):
         p, n = out["items"].index_select(0, pos), out["items"].index_select(0, neg)
         loss = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         cl = self._cross_modal_cl(out["hyper_user"], users) + self._cross_modal_cl(out["hyper_item"], pos)
-        reg = l2_reg(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg))
+        reg = emb_norm_reg(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg))
         return loss, self.cl_weight * cl, self.reg_weight * reg
 
     # ---- prediction ---------------------------------------------------------

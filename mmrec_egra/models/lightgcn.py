@@ -1,7 +1,7 @@
 """LightGCN: simplifying graph convolution for recommendation (He et al., SIGIR'20).
 
 E^(l+1) = A_ui E^(l) with A_ui = D^-1/2 [[0, R], [R^T, 0]] D^-1/2; final embeddings are
-the mean over layers 0..L; score e_u . e_i; loss BPR + reg_weight * L2 of the layer-0
+the mean over layers 0..L; score e_u . e_i; loss BPR + reg_weight * EmbLoss (unsquared norms / B, as MMRec) of the layer-0
 (ego) embeddings of the batch. Trains on [3, B] batches.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..graphs import bipartite_adjacency, propagate, to_torch_sparse
-from ..losses import bpr_loss, l2_reg
+from ..losses import bpr_loss, emb_norm_reg
 from ..registry import register_model
 from .base import GeneralRecommender, inter_matrix_csr
 
@@ -38,7 +38,7 @@ class LightGCN(GeneralRecommender):
         u_all, i_all = self.forward()
         u, p, n = u_all[users], i_all[pos], i_all[neg]
         loss = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        reg = l2_reg(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg))
+        reg = emb_norm_reg(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg))
         return loss + self.reg_weight * reg
 
     def full_sort_predict(self, interaction):
