@@ -54,11 +54,24 @@ class VBPR(GeneralRecommender):
         self.register_buffer("item_features", feats, persistent=False)
         self.item_linear = nn.Linear(feats.shape[1], dim)
 
+    def _gather_features(self, rows: torch.Tensor) -> torch.Tensor:
+        """Feature rows into a buffer kept across steps: a fresh [n, 4096] tensor per step
+        was paid again in page faults (large allocations go back to the OS when freed)."""
+        n = rows.shape[0]
+        buf = getattr(self, "_feat_buf", None)
+        if buf is None or buf.shape[0] < n or buf.device != self.item_features.device:
+            buf = self._feat_buf = self.item_features.new_empty((max(n, 4096), self.item_features.shape[1]))
+        return torch.index_select(self.item_features, 0, rows, out=buf[:n])
+
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """[e_i ; W x_i + b] for `items` (all items when None)."""
         if items is None:
             return torch.cat([self.item_embedding.weight, self.item_linear(self.item_features)], dim=1)
-        return torch.cat([self.item_embedding(items), self.item_linear(self.item_features[items])], dim=1)
+        # project each distinct item once (the batch repeats popular items), gathering feature
+        # rows with index_select: plain x[items] was a third of a step on 4096-d features
+        uniq, inverse = torch.unique(items, return_inverse=True)
+        content = self.item_linear(self._gather_features(uniq)).index_select(0, inverse)
+        return torch.cat([self.item_embedding(items), content], dim=1)
 
     def calculate_loss(self, interaction):
         users, pos, neg = interaction[0], interaction[1], interaction[2]
