@@ -112,7 +112,7 @@ class SIGE(GeneralRecommender):
         self.knn_k = int(_cfg(config, "knn_k", 10))
         self.reg_weight = float(_cfg(config, "reg_weight", 1e-4))
         self.cl_temp = float(_cfg(config, "cl_temp", 0.2))
-        self.alpha = float(_cfg(config, "sige_alpha", 0.3))
+        self.alpha = float(_cfg(config, "sige_alpha", 0.1))
         self.renorm = bool(_cfg(config, "sige_renorm", False))
         self.co_k = int(_cfg(config, "sige_co_k", 10))
         self.co_norm = str(_cfg(config, "sige_co_norm", "cosine"))
