@@ -93,8 +93,7 @@ def one(model: str, dataset: str, data_path: str, epochs: int) -> dict:
         m.post_epoch_processing()
         ep.append(time.perf_counter() - t)
         t = time.perf_counter()
-        tr.evaluate(loaders[1])
-        tr.evaluate(loaders[2])
+        tr.evaluate_valid_test(loaders[1], loaders[2])   # what every training epoch runs
         ev.append(time.perf_counter() - t)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"model": model, "dataset": dataset, "build_s": build_s, "epoch_s": float(np.median(ep[1:] or ep)),

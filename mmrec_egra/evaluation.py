@@ -11,7 +11,7 @@ each averaged over users. Keys look like 'recall@20'.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -71,6 +71,10 @@ def metrics_from_hits(hits: np.ndarray, n_pos: np.ndarray, metrics: Sequence[str
     return out
 
 
+def _same_matrix(a: sp.spmatrix, b: sp.spmatrix) -> bool:
+    return a is b or (a.shape == b.shape and a.nnz == b.nnz and (a != b).nnz == 0)
+
+
 class TopKEvaluator:
     """Runs full ranking over an EvalDataLoader and returns metric@k means."""
 
@@ -124,6 +128,30 @@ class TopKEvaluator:
         model.eval()
         users, top = self.rank(model, loader)
         return self.metrics_for(users, top, loader.positives, item_groups)
+
+    def evaluate_splits(self, model, loaders: Sequence[Any],
+                        item_groups: Optional[Dict[str, np.ndarray]] = None) -> List[Dict[str, float]]:
+        """`evaluate` for several splits (valid, test) with one ranking pass.
+
+        Both splits mask the same training items (the MMRec protocol), so a user's top-k is
+        the same in each: it is computed once for the union of their users, halving the
+        score products and top-k of an epoch's evaluation. Loaders without that structure
+        (no `users` / `train_csr`, or different training matrices) are ranked one by one.
+        """
+        from .data.loaders import masked_user_batches
+        shared = all(hasattr(l, "users") and hasattr(l, "train_csr") and hasattr(l, "positives")
+                     for l in loaders) and all(_same_matrix(loaders[0].train_csr, l.train_csr) for l in loaders)
+        if not shared or len(loaders) < 2:
+            return [self.evaluate(model, l, item_groups) for l in loaders]
+        model.eval()
+        union = np.unique(np.concatenate([l.users for l in loaders]))
+        batch = max(int(getattr(l, "batch_size", 4096)) for l in loaders)
+        users, top = self.rank(model, masked_user_batches(union, loaders[0].train_csr, batch))
+        out = []
+        for l in loaders:
+            idx = np.searchsorted(users, l.users)
+            out.append(self.metrics_for(l.users, top[idx], l.positives, item_groups))
+        return out
 
     def metrics_for(self, users: np.ndarray, top: np.ndarray, positives: sp.csr_matrix,
                     item_groups: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, float]:

@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -153,6 +153,11 @@ class Trainer:
     def evaluate(self, loader) -> Dict[str, float]:
         return self.evaluator.evaluate(self.model, loader, self.item_groups)
 
+    def evaluate_valid_test(self, valid_loader, test_loader) -> Tuple[Dict[str, float], Dict[str, float]]:
+        """Valid and test metrics from one ranking pass (both mask the training items)."""
+        valid, test = self.evaluator.evaluate_splits(self.model, [valid_loader, test_loader], self.item_groups)
+        return valid, test
+
     # ---- fit -------------------------------------------------------------
     def fit(self, train_loader, valid_loader, test_loader, resume_path: Optional[Path] = None) -> Dict[str, Any]:
         """Train to early stopping; returns best-valid results and the test result at that epoch."""
@@ -188,8 +193,7 @@ class Trainer:
             stop = False
             if (epoch + 1) % self.eval_step == 0:
                 t1 = time.time()
-                valid = self.evaluate(valid_loader)
-                test = self.evaluate(test_loader)
+                valid, test = self.evaluate_valid_test(valid_loader, test_loader)
                 t_eval = time.time() - t1
                 eval_times.append(t_eval)
                 score = valid.get(self.valid_metric)

@@ -121,3 +121,25 @@ def test_chunked_ranking_equals_whole_batch():
     ub, tb = chunked.rank(_FixedScores(scores), loader)
     assert (ua == ub).all() and (ta == tb).all()
     assert not train[ua[:, None], ta].any()
+
+
+def test_valid_and_test_from_one_ranking_pass_equal_separate_evaluations(make_env):
+    from model_checks import build
+    config, ds, loaders, model = build(make_env, "BPR")
+    _, valid_loader, test_loader = loaders
+    counts = np.bincount(ds.split("train")[1], minlength=ds.n_items)
+    groups = popularity_groups(counts, 0.2)
+    ev = TopKEvaluator({"metrics": ["Recall", "NDCG", "Precision", "MAP"], "topk": [5, 20]})
+    separate = [ev.evaluate(model, valid_loader, groups), ev.evaluate(model, test_loader, groups)]
+    joint = ev.evaluate_splits(model, [valid_loader, test_loader], groups)
+    assert joint == separate
+    # different user sets (a split where some users have no positives): ranked over the union
+    import copy
+    half = copy.copy(test_loader)
+    half.users = test_loader.users[::2]
+    assert ev.evaluate_splits(model, [valid_loader, half], groups) == \
+        [separate[0], ev.evaluate(model, half, groups)]
+    # loaders without the shared structure fall back to one pass each
+    users = valid_loader.users
+    plain = _Loader(users, valid_loader.train_csr.toarray(), valid_loader.positives.toarray())
+    assert ev.evaluate_splits(model, [plain, test_loader]) == [ev.evaluate(model, plain), ev.evaluate(model, test_loader)]

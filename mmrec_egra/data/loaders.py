@@ -119,12 +119,18 @@ class EvalDataLoader:
         return math.ceil(len(self.users) / self.batch_size)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]]:
-        for start in range(0, len(self.users), self.batch_size):
-            users = self.users[start:start + self.batch_size]
-            sub = self.train_csr[users]
-            rows = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(sub.indptr))
-            cols = sub.indices.astype(np.int64)
-            yield torch.from_numpy(users), (torch.from_numpy(rows), torch.from_numpy(cols))
+        return masked_user_batches(self.users, self.train_csr, self.batch_size)
+
+
+def masked_user_batches(users: np.ndarray, train_csr: sp.csr_matrix, batch_size: int
+                        ) -> Iterator[Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]]:
+    """Batches (users, (rows, cols)) of `users` with the positions of their training items."""
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        sub = train_csr[batch]
+        rows = np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(sub.indptr))
+        cols = sub.indices.astype(np.int64)
+        yield torch.from_numpy(batch), (torch.from_numpy(rows), torch.from_numpy(cols))
 
 
 def _first(v, default):
