@@ -21,6 +21,7 @@ Documented deviation from MMRec: raw features are fixed inputs unless
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Tuple
 
 import torch
@@ -63,10 +64,14 @@ class MGCN(GeneralRecommender):
 
         R = inter_matrix_csr(dataloader)
         self.norm_adj = SparseMatrix(bipartite_adjacency(R), self.device, symmetric=True)
-        item_graphs = modality_knn_graphs(self, self.knn_k, weighted=True, include_self=True)
-        self.modality = ModalityBranch(self.mm_feats, item_graphs, normalized_interactions(R), dim,
+        self.modality = ModalityBranch(self.mm_feats, self.build_item_graphs(R), normalized_interactions(R), dim,
                                        n_layers=self.n_layers,
                                        freeze_features=config["freeze_features"] is not False)
+
+    def build_item_graphs(self, R) -> "OrderedDict[str, object]":
+        """Item-item graph of each modality: MGCN's weighted, self-including cosine kNN of
+        the raw features, D^-1/2 S D^-1/2 (subclasses such as SIGE change the graphs)."""
+        return modality_knn_graphs(self, self.knn_k, weighted=True, include_self=True)
 
     # ---- forward ---------------------------------------------------------
     def behaviour_embeddings(self) -> torch.Tensor:

@@ -35,26 +35,27 @@ with f' = fuse(perturb(s^m_e); b_e): the semantic views of each modality are per
 A zero coefficient skips its term entirely (no noise is drawn when sige_lambda_p is 0).
 `calculate_loss` returns (bpr, reg, pert, anchor, align), each already weighted.
 
-Design choice: SIGE derives from GeneralRecommender and reuses `ModalityBranch` directly
-rather than subclassing MGCN, because its graphs (the infused S~_m) and its whole loss
-differ; it shares MGCN's raw kNN graph cache entry, purifier, fusion and behaviour view.
+Design choice: SIGE subclasses MGCN: it inherits the behaviour view, the modality branch
+(purifier, fusion), scoring and item representations, and overrides only the item graphs
+(`build_item_graphs`: the infused S~_m; the raw kNN graphs share MGCN's cache entry) and
+the loss.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn as nn
 
-from ..graphs import bipartite_adjacency, co_interaction_graph, sym_normalize
+from ..graphs import co_interaction_graph, sym_normalize
 from ..losses import bpr_loss, info_nce, l2_reg
-from ..modules import ModalityBranch, SparseMatrix, modality_knn_graphs, normalized_interactions, propagate_layers
+from ..modules import modality_knn_graphs
 from ..registry import register_model
 from ..utils import MMRecError
-from .base import GeneralRecommender, inter_matrix_csr
+from .base import GeneralRecommender
+from .mgcn import MGCN
 
 
 def _cfg(config, key: str, default):
@@ -100,23 +101,14 @@ def infuse(semantic: sp.spmatrix, collaborative: sp.spmatrix, alpha: float, reno
 
 
 @register_model("SIGE", aliases=["SIGER"])
-class SIGE(GeneralRecommender):
+class SIGE(MGCN):
+    """MGCN backbone (behaviour view, modality branch, scoring and item representations
+    inherited) on infused item graphs, with SIGE's own loss."""
     is_multimodal = True
     input_type = "pairwise"
 
     def __init__(self, config, dataloader):
-        super().__init__(config, dataloader)
-        dim = int(_cfg(config, "embedding_size", 64))
-        self.n_ui_layers = int(_cfg(config, "n_ui_layers", 2))
-        self.n_layers = int(_cfg(config, "n_layers", 1))
-        self.knn_k = int(_cfg(config, "knn_k", 10))
-        self.reg_weight = float(_cfg(config, "reg_weight", 1e-4))
-        self.cl_temp = float(_cfg(config, "cl_temp", 0.2))
-        self.alpha = float(_cfg(config, "sige_alpha", 0.1))
-        self.renorm = bool(_cfg(config, "sige_renorm", False))
-        self.co_k = int(_cfg(config, "sige_co_k", 10))
-        self.co_norm = str(_cfg(config, "sige_co_norm", "cosine"))
-        self.co_symmetric = bool(_cfg(config, "sige_co_symmetric", True))
+        super().__init__(config, dataloader)      # calls build_item_graphs below
         self.eps = float(_cfg(config, "sige_eps", 0.1))
         self.perturb_on = str(_cfg(config, "sige_perturb_on", "semantic"))
         self.lambda_p = float(_cfg(config, "sige_lambda_p", 0.01))
@@ -124,32 +116,8 @@ class SIGE(GeneralRecommender):
         self.lambda_c = float(_cfg(config, "sige_lambda_c", 0.001))
         self.anchor_stopgrad = bool(_cfg(config, "sige_anchor_stopgrad", False))
         self.cl_batch = int(_cfg(config, "sige_cl_batch", 1024))
-        self._check_config()
-
-        self.user_embedding = nn.Embedding(self.n_users, dim)
-        self.item_id_embedding = nn.Embedding(self.n_items, dim)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_id_embedding.weight)
-
-        R = inter_matrix_csr(dataloader)
-        self.norm_adj = SparseMatrix(bipartite_adjacency(R), self.device, symmetric=True)
-        self.item_graphs = self.build_item_graphs(R)
-        self.modality = ModalityBranch(self.mm_feats, self.item_graphs, normalized_interactions(R), dim,
-                                       n_layers=self.n_layers,
-                                       freeze_features=config["freeze_features"] is not False)
-
-    def _check_config(self) -> None:
-        if self.cl_temp <= 0:
-            raise MMRecError(f"cl_temp must be positive, found {self.cl_temp}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise MMRecError(f"sige_alpha is the weight of the collaborative graph in a convex mix and must lie "
-                             f"in [0, 1], found {self.alpha}")
         if self.eps < 0:
             raise MMRecError(f"sige_eps must be >= 0, found {self.eps}")
-        if self.co_norm not in ("count", "cosine"):
-            raise MMRecError(f"sige_co_norm must be 'count' or 'cosine', found {self.co_norm!r}")
-        if self.co_k < 1:
-            raise MMRecError(f"sige_co_k must be >= 1, found {self.co_k}")
         if self.perturb_on not in ("semantic", "both"):
             raise MMRecError(f"sige_perturb_on must be 'semantic' or 'both', found {self.perturb_on!r}")
 
@@ -159,25 +127,30 @@ class SIGE(GeneralRecommender):
 
         S_m is MGCN's weighted, self-including, D^-1/2 S D^-1/2 kNN graph (same cache
         entry); C is built only when alpha > 0, so the no-infusion arm is exactly S_m.
+        Runs inside MGCN's constructor, so it reads its own keys here.
         """
+        config = self.config
+        self.alpha = float(_cfg(config, "sige_alpha", 0.1))
+        self.renorm = bool(_cfg(config, "sige_renorm", False))
+        self.co_k = int(_cfg(config, "sige_co_k", 10))
+        self.co_norm = str(_cfg(config, "sige_co_norm", "cosine"))
+        self.co_symmetric = bool(_cfg(config, "sige_co_symmetric", True))
+        if not 0.0 <= self.alpha <= 1.0:
+            raise MMRecError(f"sige_alpha is the weight of the collaborative graph in a convex mix and must lie "
+                             f"in [0, 1], found {self.alpha}")
+        if self.co_norm not in ("count", "cosine"):
+            raise MMRecError(f"sige_co_norm must be 'count' or 'cosine', found {self.co_norm!r}")
+        if self.co_k < 1:
+            raise MMRecError(f"sige_co_k must be >= 1, found {self.co_k}")
         semantic = modality_knn_graphs(self, self.knn_k, weighted=True, include_self=True, norm="sym",
                                        as_torch=False)
         if self.alpha == 0.0:
-            return OrderedDict((n, sym_normalize(g) if self.renorm else g) for n, g in semantic.items())
-        collab = collaborative_item_graph(self, R, self.co_k, self.co_norm, self.co_symmetric)
-        return OrderedDict((n, infuse(g, collab, self.alpha, self.renorm)) for n, g in semantic.items())
-
-    # ---- forward -------------------------------------------------------------
-    def behaviour_embeddings(self) -> torch.Tensor:
-        """LightGCN view on A_ui: mean over layers 0..n_ui_layers, [U+I, d] (users first)."""
-        ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        return propagate_layers(self.norm_adj, ego, self.n_ui_layers)
-
-    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(behaviour b [U+I, d], fused semantic f [U+I, d]); the scoring vectors are b + f."""
-        behaviour = self.behaviour_embeddings()
-        side, _ = self.modality(self.item_id_embedding.weight, behaviour)
-        return behaviour, side
+            graphs = OrderedDict((n, sym_normalize(g) if self.renorm else g) for n, g in semantic.items())
+        else:
+            collab = collaborative_item_graph(self, R, self.co_k, self.co_norm, self.co_symmetric)
+            graphs = OrderedDict((n, infuse(g, collab, self.alpha, self.renorm)) for n, g in semantic.items())
+        self.item_graphs = graphs
+        return graphs
 
     # ---- loss terms ------------------------------------------------------------
     def _pair_nce(self, x: torch.Tensor, y: torch.Tensor, b: int) -> torch.Tensor:
@@ -231,25 +204,3 @@ class SIGE(GeneralRecommender):
         anc = self.lambda_a * self.anchor_loss(sem_e, beh_e, c) if self.lambda_a != 0 else zero
         ali = self.lambda_c * self._pair_nce(cl_rows(side), beh_e, c) if self.lambda_c != 0 else zero
         return bpr, reg, pert, anc, ali
-
-    def _final(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        behaviour, side = self.forward()
-        final = behaviour + side
-        return final[:self.n_users], final[self.n_users:]
-
-    def full_sort_predict(self, interaction):
-        u_all, i_all = self.cached("final", self._final)
-        return u_all[interaction[0]] @ i_all.t()
-
-    def item_representations(self, kind: str = "final") -> torch.Tensor:
-        """Item vectors [n_items, d] (eval mode, detached): 'final' (scoring, b + f),
-        'behaviour' (b) or 'modality' (fused semantic f)."""
-        if kind not in ("final", "behaviour", "modality"):
-            raise MMRecError(f"item_representations kind must be final, behaviour or modality; found {kind!r}")
-        was = self.training
-        self.eval()
-        with torch.no_grad():
-            behaviour, side = self.forward()
-        self.train(was)
-        parts = {"final": behaviour + side, "behaviour": behaviour, "modality": side}
-        return parts[kind][self.n_users:].detach()
