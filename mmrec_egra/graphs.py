@@ -171,12 +171,16 @@ def spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _FixedSpMM.apply(fast[0], fast[1], x)
 
 
-def propagate(adj: torch.Tensor, x: torch.Tensor, n_layers: int, mean: bool = True) -> torch.Tensor:
-    """LightGCN propagation: x, Ax, A^2x, ...; the mean (or sum) over layers 0..n_layers."""
+def propagate(adj, x: torch.Tensor, n_layers: int, mean: bool = True) -> torch.Tensor:
+    """LightGCN propagation: x, Ax, A^2x, ...; the mean (or sum) over layers 0..n_layers.
+
+    `adj`: a torch sparse tensor (multiplied with `spmm`), a `SparseMat` or a
+    `modules.SparseMatrix` (anything with `@`): the one propagation every model uses.
+    """
     out = x
     acc = x
     for _ in range(n_layers):
-        out = spmm(adj, out)
+        out = spmm(adj, out) if isinstance(adj, torch.Tensor) else adj @ out
         acc = acc + out
     return acc / (n_layers + 1) if mean else acc
 
@@ -331,16 +335,6 @@ class SparseMat:
     def to_scipy(self) -> sp.csr_matrix:
         v = self.values.detach().cpu().numpy()
         return sp.csr_matrix((v, (self.rows.cpu().numpy(), self.cols.cpu().numpy())), shape=self.shape)
-
-
-def propagate_sparse(adj: SparseMat, x: torch.Tensor, n_layers: int, mean: bool = True) -> torch.Tensor:
-    """`propagate` for a SparseMat: mean (or sum) of x, Ax, ..., A^L x."""
-    out = x
-    acc = x
-    for _ in range(n_layers):
-        out = adj.mm(out)
-        acc = acc + out
-    return acc / (n_layers + 1) if mean else acc
 
 
 def knn_graph_torch(x: torch.Tensor, k: int, include_self: bool = True, block_rows: Optional[int] = None,

@@ -133,15 +133,6 @@ def as_sparse_matrix(adj: SparseLike, device: Optional[torch.device | str] = Non
     return SparseMatrix(adj, device, symmetric)
 
 
-def propagate_layers(adj: SparseMatrix, x: torch.Tensor, n_layers: int, mean: bool = True) -> torch.Tensor:
-    """LightGCN propagation with a `SparseMatrix`: mean (or sum) of x, Ax, ..., A^L x."""
-    acc = x
-    for _ in range(n_layers):
-        x = adj @ x
-        acc = acc + x
-    return acc / (n_layers + 1) if mean else acc
-
-
 # ---------------------------------------------------------------------------------------
 # graphs for the modality branch
 # ---------------------------------------------------------------------------------------

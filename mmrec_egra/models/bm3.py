@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graphs import SparseMat, bipartite_adjacency, propagate_sparse
+from ..graphs import SparseMat, bipartite_adjacency, propagate
 from ..registry import register_model
 from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
 from .base import GeneralRecommender, inter_matrix_csr
@@ -83,7 +83,7 @@ class BM3(GeneralRecommender):
     def forward(self):
         """Online user and item embeddings (all rows)."""
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        out = propagate_sparse(self.norm_adj, ego, self.n_layers)
+        out = propagate(self.norm_adj, ego, self.n_layers)
         u, i = torch.split(out, [self.n_users, self.n_items])
         return u, i + self.item_id_embedding.weight
 

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn as nn
 
-from ..graphs import (SparseMat, bipartite_adjacency, degree_sensitive_prune, knn_graph, propagate_sparse,
+from ..graphs import (SparseMat, bipartite_adjacency, degree_sensitive_prune, knn_graph, propagate,
                       sym_normalize)
 from ..losses import bpr_loss
 from ..registry import register_model
@@ -110,7 +110,7 @@ class FREEDOM(GeneralRecommender):
         for _ in range(self.n_layers):
             h = self.mm_adj.mm(h)
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        out = propagate_sparse(adj, ego, self.n_ui_layers)
+        out = propagate(adj, ego, self.n_ui_layers)
         u, i = torch.split(out, [self.n_users, self.n_items])
         return u, i, h
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graphs import SparseMat, bipartite_adjacency, knn_graph, knn_graph_torch, propagate_sparse, sym_normalize
+from ..graphs import SparseMat, bipartite_adjacency, knn_graph, knn_graph_torch, propagate, sym_normalize
 from ..losses import bpr_loss, l2_reg
 from ..registry import register_model
 from ..utils import MMRecError
@@ -115,7 +115,7 @@ class LATTICE(GeneralRecommender):
         for _ in range(self.n_layers):
             h = item_adj.mm(h)
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        out = propagate_sparse(self.norm_adj, ego, self.n_ui_layers)
+        out = propagate(self.norm_adj, ego, self.n_ui_layers)
         u, i = torch.split(out, [self.n_users, self.n_items])
         return u, i, h
 

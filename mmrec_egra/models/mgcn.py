@@ -27,10 +27,9 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from ..graphs import bipartite_adjacency
+from ..graphs import bipartite_adjacency, propagate
 from ..losses import bpr_loss, info_nce_fast, l2_reg
-from ..modules import (ModalityBranch, SparseMatrix, modality_knn_graphs, normalized_interactions,
-                       propagate_layers)
+from ..modules import ModalityBranch, SparseMatrix, modality_knn_graphs, normalized_interactions
 from ..registry import register_model
 from ..utils import MMRecError
 from .base import GeneralRecommender, inter_matrix_csr
@@ -77,7 +76,7 @@ class MGCN(GeneralRecommender):
     def behaviour_embeddings(self) -> torch.Tensor:
         """LightGCN view on A_ui: mean over layers 0..n_ui_layers, [U+I, d] (users first)."""
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        return propagate_layers(self.norm_adj, ego, self.n_ui_layers)
+        return propagate(self.norm_adj, ego, self.n_ui_layers)
 
     def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(behaviour [U+I, d], side [U+I, d]); the scoring vectors are their sum."""
