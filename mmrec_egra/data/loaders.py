@@ -147,4 +147,5 @@ def build_loaders(config, dataset: RecDataset):
     train = TrainDataLoader(config, dataset)
     valid = EvalDataLoader(config, dataset, "valid")
     test = EvalDataLoader(config, dataset, "test")
+    test.train_csr = valid.train_csr    # one mask matrix: the evaluator sees at once that both share it
     return train, valid, test

@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from ..graphs import bipartite_adjacency, knn_graph, sym_normalize, symmetrize, to_torch_sparse
-from ..losses import bpr_loss, info_nce_fast, l2_reg
+from ..losses import info_nce_fast
 from ..modules import SparseMatrix, modality_knn_graphs
 from ..registry import register_model
 from ..utils import MMRecError, get_logger
@@ -313,18 +313,13 @@ class EGRA(MGCN):
 
     # ---- MMRec interface ---------------------------------------------------
     def calculate_loss(self, interaction):
-        users, pos, neg = interaction[0], interaction[1], interaction[2]
         behaviour = self.behaviour_embeddings()
         per_modality = self.modality.modality_embeddings(self.item_id_embedding.weight)
         # fusion is row-wise: only the batch's rows (users, pos, neg) are fused, as in MGCN
-        b = users.shape[0]
-        rows = torch.cat([users, pos + self.n_users, neg + self.n_users])
+        b, rows = self.batch_rows(interaction)
         beh = behaviour[rows]
         side = self.modality.fuse({k: v[rows] for k, v in per_modality.items()}, beh)
-        final = beh + side
-        u, p, n = final[:b], final[b:2 * b], final[2 * b:]
-        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        reg = self.reg_weight * l2_reg(u, p, n)
+        bpr, reg = self.bpr_and_reg(beh + side, b)
 
         lam = self.current_lambda()
         if self.training and torch.is_grad_enabled():

@@ -84,25 +84,32 @@ class MGCN(GeneralRecommender):
         side, _ = self.modality(self.item_id_embedding.weight, behaviour)
         return behaviour, side
 
+    # ---- batch pieces shared with EGRA and SIGE ------------------------------
+    def batch_rows(self, interaction) -> Tuple[int, torch.Tensor]:
+        """(B, rows): the batch's users, positive and negative items as row ids of the
+        [U+I] node tables (users first), in that order."""
+        users, pos, neg = interaction[0], interaction[1], interaction[2]
+        return users.shape[0], torch.cat([users, pos + self.n_users, neg + self.n_users])
+
+    def bpr_and_reg(self, final: torch.Tensor, b: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """BPR and reg_weight * L2 on the batch's final vectors (rows as `batch_rows`)."""
+        u, p, n = final[:b], final[b:2 * b], final[2 * b:]
+        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)), self.reg_weight * l2_reg(u, p, n)
+
     # ---- MMRec interface ---------------------------------------------------
     def calculate_loss(self, interaction):
-        users, pos, neg = interaction[0], interaction[1], interaction[2]
         behaviour = self.behaviour_embeddings()
         per_modality = self.modality.modality_embeddings(self.item_id_embedding.weight)
         # The fusion is row-wise: compute it only for the batch's DISTINCT rows (users, pos,
         # neg; about half of the 3B rows on TikTok) instead of all U+I nodes, then expand.
         # Values equal those of the full forward; gradients up to float summation order.
-        b = users.shape[0]
-        rows = torch.cat([users, pos + self.n_users, neg + self.n_users])
+        b, rows = self.batch_rows(interaction)
         uniq, inverse = torch.unique(rows, return_inverse=True)
         # index_select: its backward (index_add) is cheaper than that of x[rows]
         beh_u = behaviour.index_select(0, uniq)
         side_u = self.modality.fuse({k: v.index_select(0, uniq) for k, v in per_modality.items()}, beh_u)
         beh, side = beh_u.index_select(0, inverse), side_u.index_select(0, inverse)
-        final = beh + side
-        u, p, n = final[:b], final[b:2 * b], final[2 * b:]
-        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        reg = self.reg_weight * l2_reg(u, p, n)
+        bpr, reg = self.bpr_and_reg(beh + side, b)
         if self.cl_weight != 0:
             cl = info_nce_fast(side[b:2 * b], beh[b:2 * b], self.cl_temp) + \
                  info_nce_fast(side[:b], beh[:b], self.cl_temp)

@@ -50,7 +50,7 @@ import scipy.sparse as sp
 import torch
 
 from ..graphs import co_interaction_graph, sym_normalize
-from ..losses import bpr_loss, info_nce, l2_reg
+from ..losses import info_nce
 from ..modules import modality_knn_graphs
 from ..registry import register_model
 from ..utils import MMRecError
@@ -174,22 +174,17 @@ class SIGE(MGCN):
 
     # ---- MMRec interface -------------------------------------------------------
     def calculate_loss(self, interaction):
-        users, pos, neg = interaction[0], interaction[1], interaction[2]
         behaviour = self.behaviour_embeddings()
         per_modality = self.modality.modality_embeddings(self.item_id_embedding.weight)
         # the fusion is row-wise: compute it only for the batch rows (users, pos, neg).
         # index_select, not x[rows]: with repeated rows the backward of x[rows]
         # (index_put_ with accumulate) sums in a thread-dependent order on CPU (torch 2.13,
         # 2 threads), so runs with the same seed drift apart; index_add_ does not
-        b = users.shape[0]
-        rows = torch.cat([users, pos + self.n_users, neg + self.n_users])
+        b, rows = self.batch_rows(interaction)
         beh = behaviour.index_select(0, rows)
         sem: Dict[str, torch.Tensor] = {n: v.index_select(0, rows) for n, v in per_modality.items()}
         side = self.modality.fuse(sem, beh)
-        final = beh + side
-        u, p, n = final[:b], final[b:2 * b], final[2 * b:]
-        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        reg = self.reg_weight * l2_reg(u, p, n)
+        bpr, reg = self.bpr_and_reg(beh + side, b)
         zero = bpr.new_zeros(())
         # contrastive terms act on the first c batch users and their positive items; the
         # loader shuffles every epoch, so these rows are a uniform sample of the batch
