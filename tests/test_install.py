@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mmrec_egra.install import MANIFEST, install_into, uninstall_from
+from mmrec_egra import list_models
+from mmrec_egra.install import MANIFEST, MMREC_MODELS, install_into, installed_name, uninstall_from
 from mmrec_egra.utils import MMRecError
 
 
@@ -35,10 +36,20 @@ def test_round_trip_is_byte_identical(tmp_path):
     lines = []
     written = install_into(src, echo=lines.append)
     assert "models/egra.py" in written and "configs/model/EGRA.yaml" in written
-    assert "models/freedom.py" not in written                       # MMRec's own model left alone
-    assert any(l.startswith("skip FREEDOM") for l in lines)
+    # a model MMRec ships is installed next to MMRec's own, under NAME_ME
+    assert "models/freedom.py" not in written and "configs/model/FREEDOM.yaml" not in written
+    assert "models/freedom_me.py" in written and "configs/model/FREEDOM_ME.yaml" in written
+    assert any(l == "FREEDOM -> FREEDOM_ME (MMRec ships its own FREEDOM)" for l in lines)
     assert (src / "models" / "freedom.py").read_text().startswith("# MMRec's own")
+    assert (src / "configs" / "model" / "FREEDOM.yaml").read_text() == "# MMRec's FREEDOM config\n"
+    thin = (src / "models" / "freedom_me.py").read_text()
+    assert "from mmrec_egra.models.freedom import FREEDOM as FREEDOM_ME" in thin
     assert "from mmrec_egra.models.egra import EGRA as EGRA" in (src / "models" / "egra.py").read_text()
+    # every registered model is written once, under the name installed_name gives it
+    for name in list_models():
+        inst = installed_name(name)
+        assert f"models/{inst.lower()}.py" in written
+        assert inst == (name + "_ME" if name.lower() in {m.lower() for m in MMREC_MODELS} else name)
     assert install_into(src, echo=lines.append) == []                 # idempotent
     uninstall_from(src, echo=lines.append)
     assert snapshot(tmp_path) == before
@@ -46,12 +57,23 @@ def test_round_trip_is_byte_identical(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_installed_names():
+    assert installed_name("FREEDOM") == "FREEDOM_ME" and installed_name("lightgcn") == "LightGCN_ME"
+    assert installed_name("EGRA") == "EGRA"
+    assert installed_name("SIGER") == "SIGE"                  # an alias installs under the primary name
+
+
 def test_force_backs_up_and_restores(tmp_path):
     src = fake_mmrec(tmp_path)
+    (src / "models" / "egra.py").write_text("# a user's own egra.py\n")      # a clash at the target path
     before = snapshot(tmp_path)
-    written = install_into(src, models=["FREEDOM"], force=True, echo=lambda s: None)
-    assert "models/freedom.py" in written
-    assert "mmrec_egra" in (src / "models" / "freedom.py").read_text()
+    lines = []
+    assert install_into(src, models=["EGRA"], echo=lines.append) == []
+    assert any(l.startswith("skip EGRA: the tree already has models/egra.py") for l in lines)
+    written = install_into(src, models=["EGRA"], force=True, echo=lambda s: None)
+    assert "models/egra.py" in written
+    assert "mmrec_egra" in (src / "models" / "egra.py").read_text()
+    assert (src / ".mmrec_egra_backup" / "models" / "egra.py").read_text() == "# a user's own egra.py\n"
     uninstall_from(src, echo=lambda s: None)
     assert snapshot(tmp_path) == before
 

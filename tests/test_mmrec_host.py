@@ -17,7 +17,7 @@ import yaml
 
 from mmrec_egra import list_models
 from mmrec_egra.config import default_config_dir
-from mmrec_egra.install import install_into
+from mmrec_egra.install import install_into, installed_name
 
 # the keys of MMRec's overall.yaml that the contract lists (nothing of ours)
 MMREC_OVERALL = {
@@ -106,7 +106,9 @@ def mmrec_src(tmp_path_factory):
 
 
 def mmrec_config(src, name, demo_root):
-    """overall -> model yaml (MMRec reads 1e-4 as float too: our yaml files write floats with a dot)."""
+    """overall -> model yaml (MMRec reads 1e-4 as float too: our yaml files write floats with a dot).
+
+    `name`: the name the model is installed under (NAME_ME for names MMRec ships)."""
     d = dict(MMREC_OVERALL)
     from mmrec_egra.config import load_yaml
     model_yaml = src / "configs" / "model" / f"{name}.yaml"
@@ -129,6 +131,8 @@ def test_model_runs_in_imitation_host(name, mmrec_src, demo_root):
     inter = pd.read_csv(f"{demo_root}demo/demo.inter", sep="\t")
     tr = inter[inter.x_label == 0]
     n_users, n_items = int(inter.userID.max()) + 1, int(inter.itemID.max()) + 1
+    name = installed_name(name)          # what a user passes to MMRec's -m
+    assert (mmrec_src / "configs" / "model" / f"{name}.yaml").is_file()
     config = mmrec_config(mmrec_src, name, demo_root)
     torch.manual_seed(999)
     module = importlib.import_module(f"models.{name.lower()}")
