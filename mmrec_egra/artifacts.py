@@ -29,6 +29,66 @@ from .utils import MMRecError, get_logger
 
 MAGIC = b"MMREGRA1"
 MAP_SIZE = 1 << 36          # 64 GiB of address space; the file grows only as needed
+LMDB_MAGIC = 0xBEEFC0DE
+# LMDB meta page (64-bit build): 16-byte page header, then mm_magic u32, mm_version u32,
+# mm_address, mm_mapsize, two 48-byte MDB_db records (the first one's md_pad is the page
+# size), mm_last_pg u64, mm_txnid u64.
+_META_MAGIC, _META_PSIZE, _META_LAST_PG = 16, 40, 136
+
+
+def check_lmdb_file(directory: os.PathLike | str) -> Optional[str]:
+    """Why `<directory>/data.mdb` cannot be mapped safely, or None if it looks whole.
+
+    LMDB maps the file and trusts its own metadata: a truncated file (a copy cut short, a
+    full disk) makes the first read past its end kill the process with a bus error, no
+    message. So before opening, compare the file size with the size its newest meta page
+    records ((last page + 1) x page size).
+    """
+    path = Path(directory) / "data.mdb"
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None                    # LMDB initialises an empty file
+    with open(path, "rb") as fh:
+        head = fh.read(2 * 65536)
+    best = None
+    psize0 = struct.unpack_from("<I", head, _META_PSIZE)[0] if len(head) >= 44 else 0
+    for off in sorted({0, psize0, 4096, 8192, 16384, 65536}):
+        if off + _META_LAST_PG + 16 > len(head):
+            continue
+        magic = struct.unpack_from("<I", head, off + _META_MAGIC)[0]
+        if magic != LMDB_MAGIC:
+            continue
+        psize = struct.unpack_from("<I", head, off + _META_PSIZE)[0]
+        last_pg, txnid = struct.unpack_from("<QQ", head, off + _META_LAST_PG)
+        if best is None or txnid > best[2]:
+            best = (psize, last_pg, txnid)
+    if best is None:
+        return f"{path} is not an LMDB file (no valid meta page; {size} bytes)"
+    psize, last_pg, _ = best
+    if not 512 <= psize <= 65536 or size < 2 * psize:
+        return f"{path} has a damaged header (page size {psize}, file {size} bytes)"
+    need = (last_pg + 1) * psize
+    if size < need:
+        return f"{path} is truncated: {size} bytes, its metadata says {need}"
+    return None
+
+
+def quarantine_store(directory: os.PathLike | str, reason: str) -> Path:
+    """Move a damaged store folder aside (`<dir>.damaged-<time>`) so a fresh one can be made."""
+    src = Path(directory)
+    dst = src.with_name(f"{src.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while dst.exists():
+        dst = src.with_name(f"{src.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    src.rename(dst)
+    get_logger().warning("artifact store %s is damaged (%s): moved it to %s and starting an empty store; "
+                         "its graphs and teacher exports will be rebuilt. Delete %s when you no longer need it.",
+                         src, reason, dst, dst)
+    return dst
 
 
 def _writable_dir(path: Path) -> bool:
@@ -122,12 +182,26 @@ class ArtifactStore:
         import lmdb  # a core dependency; imported here so a bare import of the package stays light
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        problem = check_lmdb_file(self.dir)
+        if problem is not None:           # checked before mapping: a short file would crash the process
+            quarantine_store(self.dir, problem)
+            self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.env = lmdb.open(str(self.dir), map_size=MAP_SIZE, subdir=True, readonly=readonly,
-                                 lock=not readonly, max_readers=64)
+            self.env = self._open(lmdb, readonly)
+        except (lmdb.InvalidError, lmdb.CorruptedError, lmdb.VersionMismatchError, lmdb.PageNotFoundError) as exc:
+            quarantine_store(self.dir, f"LMDB says: {exc}")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.env = self._open(lmdb, readonly)
+
+    def _open(self, lmdb, readonly: bool):
+        try:
+            return lmdb.open(str(self.dir), map_size=MAP_SIZE, subdir=True, readonly=readonly,
+                             lock=not readonly, max_readers=64)
+        except (lmdb.InvalidError, lmdb.CorruptedError, lmdb.VersionMismatchError, lmdb.PageNotFoundError):
+            raise
         except lmdb.Error as exc:
-            raise MMRecError(f"cannot open the artifact store {self.dir}: {exc}. Remove the folder "
-                             f"(mmrec-egra artifacts clear) or set artifact_dir to another folder.") from None
+            raise MMRecError(f"cannot open the artifact store {self.dir}: {exc}. Set artifact_dir to another "
+                             f"folder, or delete {self.dir} (it only holds rebuildable caches).") from None
 
     def close(self) -> None:
         _OPEN.pop(str(self.dir.resolve()), None)
@@ -141,9 +215,16 @@ class ArtifactStore:
 
     def put(self, key: str, arrays: Dict[str, np.ndarray], meta: Optional[Dict[str, Any]] = None) -> None:
         """Store a bundle atomically (replaces an existing entry with the same key)."""
+        import lmdb
         value = _pack(arrays, dict(meta or {}))
-        with self.env.begin(write=True) as txn:
-            txn.put(key.encode(), value)
+        try:
+            with self.env.begin(write=True) as txn:
+                txn.put(key.encode(), value)
+        except lmdb.Error as exc:       # the transaction is aborted: the old entry (if any) stays
+            hint = "free disk space" if ("space" in str(exc).lower() or "full" in str(exc).lower()) else \
+                "set artifact_dir to another folder"
+            raise MMRecError(f"cannot write {key} ({len(value) / 2 ** 20:.1f} MiB) to the artifact store "
+                             f"{self.dir}: {exc}. {hint[0].upper() + hint[1:]} and rerun.") from None
 
     def get(self, key: str) -> Optional[Tuple[Dict[str, np.ndarray], Dict[str, Any]]]:
         """(arrays, meta) or None when absent. A corrupt entry is deleted, warned about, and None."""

@@ -8,7 +8,9 @@ a list and the grid is their Cartesian product (last key fastest); numbers such 
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
+import math
 import os
 import re
 from pathlib import Path
@@ -107,11 +109,127 @@ def _is_number(tok: str) -> bool:
         return False
 
 
+# Keys the host or models read that no yaml under configs/ lists (the yaml keys are collected
+# automatically; a model may add its own through a `config_keys` class attribute).
+HOST_KEYS = {
+    "model", "dataset", "config_dir", "hyper_parameters", "resume", "remap_ids", "teacher_seed",
+    "export_item_embeddings", "feature_norm", "eval_chunk_elems", "ablation_arms",
+}
+
+# Validation at the boundary: key -> (kind, low, high, low_inclusive, high_inclusive).
+# kind "int" accepts integral floats such as 1e3; "float" accepts ints; None means unbounded.
+# Applied to every value of grid keys, after the merge, so a bad value in a yaml or on the
+# command line fails before any data is read.
+_I, _F = "int", "float"
+SCHEMA: Dict[str, tuple] = {
+    "epochs": (_I, 1, None, True, True), "stopping_step": (_I, 0, None, True, True),
+    "train_batch_size": (_I, 1, None, True, True), "eval_batch_size": (_I, 1, None, True, True),
+    "eval_step": (_I, 1, None, True, True), "embedding_size": (_I, 1, None, True, True),
+    "feat_embed_dim": (_I, 1, None, True, True), "knn_k": (_I, 1, None, True, True),
+    "egra_knn_k": (_I, 0, None, True, True), "sige_co_k": (_I, 1, None, True, True),
+    "user_knn_k": (_I, 1, None, True, True), "n_layers": (_I, 0, None, True, True),
+    "n_ui_layers": (_I, 0, None, True, True), "n_mm_layers": (_I, 0, None, True, True),
+    "seed": (_I, 0, 2 ** 63 - 1, True, True), "teacher_seed": (_I, 0, 2 ** 63 - 1, True, True),
+    "threads": (_I, 1, None, True, True), "teacher_epochs": (_I, 1, None, True, True),
+    "egra_ramp": (_I, 0, None, True, True), "sige_cl_batch": (_I, 1, None, True, True),
+    "eval_chunk_elems": (_I, 1, None, True, True), "checkpoint_every": (_I, 1, None, True, True),
+    "mg_beta": (_I, 1, None, True, True), "mg_alpha1": (_F, 0, None, False, True), "mg_alpha2": (_F, 0, None, True, True),
+    "learning_rate": (_F, 0, None, False, True), "weight_decay": (_F, 0, None, True, True),
+    "reg_weight": (_F, 0, None, True, True), "cl_weight": (_F, 0, None, True, True),
+    "cl_loss": (_F, 0, None, True, True), "cl_temp": (_F, 0, None, False, True), "tau": (_F, 0, None, False, True),
+    "dropout": (_F, 0, 1, True, False), "keep_rate": (_F, 0, 1, False, True),
+    "longtail_head_ratio": (_F, 0, 1, False, False), "egra_beta": (_F, 0, None, True, True),
+    "egra_lambda_min": (_F, 0, None, True, True), "egra_lambda_max": (_F, 0, None, True, True),
+    "egra_weight_temp": (_F, 0, None, False, True), "sige_eps": (_F, 0, None, True, True),
+    "sige_lambda_a": (_F, 0, None, True, True), "sige_lambda_c": (_F, 0, None, True, True),
+    "sige_lambda_p": (_F, 0, None, True, True), "lambda_coeff": (_F, 0, 1, True, True),
+}
+BOOL_KEYS = {"deterministic", "save_model", "save_recommended_topk", "graph_cache", "use_neg_sampling",
+             "filter_out_cod_start_users", "fused_optimizer", "freeze_features", "longtail_eval", "use_gpu",
+             "egra_knn_weighted", "remap_ids", "is_multimodal_model", "use_full_sampling",
+             "mirror_gradient"}
+LEARNERS = ("adam", "sgd", "adagrad", "rmsprop")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$", re.I)
+
+
+_TOP_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*:", re.M)
+
+
+def _yaml_keys(path: Path) -> set:
+    """Top-level keys of a yaml file, read with a pattern (not the YAML parser: ~30 files are
+    scanned per process and pure-Python YAML cost ~0.5 s there); a broken file elsewhere in
+    configs/ must not block this run."""
+    try:
+        return set(_TOP_KEY.findall(path.read_text()))
+    except (OSError, UnicodeDecodeError):
+        return set()
+
+
+_KNOWN_CACHE: Dict[tuple, frozenset] = {}
+
+
+def known_keys(config_dir: Path, extra_files: Sequence[Path] = (), extra_keys: Iterable[str] = ()) -> set:
+    """Every key some yaml under `config_dir` (overall, dataset/*, model/*) or `extra_files` sets,
+    plus HOST_KEYS and `extra_keys`. New model yamls are picked up automatically."""
+    files = [config_dir / "overall.yaml"] + sorted((config_dir / "dataset").glob("*.yaml")) + \
+        sorted((config_dir / "model").glob("*.yaml")) + [Path(f) for f in extra_files if f and Path(f).is_file()]
+    try:
+        from .registry import _REGISTRY
+        files += [Path(c.config_file) for c in _REGISTRY.values()
+                  if getattr(c, "config_file", None) and Path(c.config_file).is_file()]
+    except Exception:     # the registry is optional here (e.g. a bare Config in a tool)
+        pass
+    sig = tuple((str(f), f.stat().st_mtime_ns) for f in files if f.is_file())
+    if sig not in _KNOWN_CACHE:
+        keys: set = set()
+        for f in files:
+            keys |= _yaml_keys(f)
+        _KNOWN_CACHE[sig] = frozenset(keys)
+    return set(_KNOWN_CACHE[sig]) | HOST_KEYS | set(extra_keys)
+
+
+def check_unknown_keys(keys: Iterable[str], known: set, where: str = "command line") -> None:
+    """MMRecError for a key no yaml, host or model knows, with the closest known key."""
+    for key in keys:
+        if key.startswith("_") or key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.7)
+        hint = f"; did you mean --{close[0]}?" if close else \
+            ". Known keys are those of configs/overall.yaml, configs/dataset/*.yaml and configs/model/*.yaml"
+        raise MMRecError(f"unknown config key '{key}' ({where}){hint}")
+
+
+def _check_number(key: str, value: Any, spec: tuple, origin: str) -> Any:
+    """The value converted to the key's type, or an MMRecError saying what is wrong."""
+    kind, lo, hi, lo_inc, hi_inc = spec
+    rng = (f"{'>=' if lo_inc else '>'} {lo}" if lo is not None else "") + \
+        (" and " if lo is not None and hi is not None else "") + \
+        (f"{'<=' if hi_inc else '<'} {hi}" if hi is not None else "")
+    what = "an integer" if kind == _I else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MMRecError(f"{origin}: '{key}' is {value!r}; expected {what} {rng} (e.g. --{key} "
+                         f"{lo if lo is not None and lo_inc else 1})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MMRecError(f"{origin}: '{key}' is {value}; expected a finite number {rng}")
+    if kind == _I:
+        if isinstance(value, float):
+            if value != int(value):
+                raise MMRecError(f"{origin}: '{key}' is {value}; expected an integer {rng}")
+            value = int(value)
+    else:
+        value = float(value) if isinstance(value, int) else value
+    if lo is not None and (value < lo or (value == lo and not lo_inc)) or \
+            hi is not None and (value > hi or (value == hi and not hi_inc)):
+        raise MMRecError(f"{origin}: '{key}' is {value}; it must be {rng}")
+    return value
+
+
 class Config:
     """Dict-like run configuration. `config['missing']` is None; `key in config` works."""
 
     def __init__(self, model: str, dataset: str, overrides: Optional[Dict[str, Any]] = None,
-                 config_dir: Optional[str | os.PathLike] = None, model_config_file: Optional[str] = None):
+                 config_dir: Optional[str | os.PathLike] = None, model_config_file: Optional[str] = None,
+                 extra_keys: Iterable[str] = ()):
         overrides = dict(overrides or {})
         config_dir = Path(overrides.pop("config_dir", None) or config_dir or default_config_dir())
         self.config_dir = config_dir
@@ -121,6 +239,7 @@ class Config:
         final: Dict[str, Any] = {}
         hyper: List[str] = []
         self.sources: List[str] = []
+        self.origins: Dict[str, str] = {}   # key -> the file (or 'command line') that set it last
 
         def merge(d: Dict[str, Any], src: str) -> None:
             for k, v in d.items():
@@ -132,15 +251,20 @@ class Config:
                     hyper.extend(str(x) for x in v)
                 else:
                     final[k] = v
+                    self.origins[k] = src
             self.sources.append(src)
 
         merge(load_yaml(overall), str(overall))
         ds_file = config_dir / "dataset" / f"{dataset}.yaml"
+        if not ds_file.is_file():   # else a yaml beside the data: <data_path>/<dataset>/<dataset>.yaml
+            ds_file = Path(_data_root(overrides.get("data_path") or final.get("data_path"), "data_path" in overrides,
+                                      config_dir)) / dataset / f"{dataset}.yaml"
         if ds_file.is_file():
             merge(load_yaml(ds_file), str(ds_file))
         model_file = Path(model_config_file) if model_config_file else config_dir / "model" / f"{model}.yaml"
         if model_file.is_file():
             merge(load_yaml(model_file), str(model_file))
+        check_unknown_keys(overrides, known_keys(config_dir, [model_file], extra_keys))
         cli_hyper = overrides.pop("hyper_parameters", None)
         if cli_hyper is not None:
             merge({"hyper_parameters": cli_hyper if isinstance(cli_hyper, list) else [cli_hyper]}, "command line")
@@ -152,11 +276,7 @@ class Config:
         self.model_config_found = model_file.is_file()
 
         # data_path: MMRec concatenates data_path + dataset, so keep a trailing separator.
-        dp = str(final.get("data_path") or "data/")
-        if not os.path.isabs(dp):
-            base = config_dir.parent if config_dir.parent.name != "mmrec_egra" else Path.cwd()
-            dp = str(base / dp) if "data_path" not in overrides else os.path.abspath(dp)
-        final["data_path"] = os.path.join(os.path.abspath(dp), "")
+        final["data_path"] = _data_root(final.get("data_path"), "data_path" in overrides, config_dir)
 
         # grid keys: seed first, then in order of first appearance, no duplicates
         keys = ["seed"] + [k for k in dict.fromkeys(hyper) if k != "seed"]
@@ -171,6 +291,8 @@ class Config:
         self.grid_keys = keys
         self.cli_lists = cli_lists
         self.final_config_dict = final
+        self._files = (overall, ds_file, model_file)
+        self._overrides = set(overrides)
         self._check_types()
 
     @staticmethod
@@ -180,11 +302,62 @@ class Config:
                 return str(f)
         return "configuration"
 
+    def _where(self, key: str) -> str:
+        if key in self._overrides:
+            return f"command line (--{key})"
+        return self._origin_of(key, *self._files)
+
     def _check_types(self) -> None:
+        """Type and range of every known key, after the merge (grid keys: each value)."""
         d = self.final_config_dict
         for key in ("topk", "metrics"):
             if d.get(key) is not None and not isinstance(d[key], list):
                 d[key] = [d[key]]
+        for key, spec in SCHEMA.items():
+            v = d.get(key)
+            if v is None:
+                continue
+            if isinstance(v, list):
+                if key not in self.grid_keys:
+                    raise MMRecError(f"{self._where(key)}: '{key}' holds the list {v!r} but is not a grid key; "
+                                     f"give one value, or add it to the grid (--hyper_parameters {key})")
+                if not v:
+                    raise MMRecError(f"{self._where(key)}: grid key '{key}' holds an empty list; give at least one value")
+                d[key] = [_check_number(key, x, spec, self._where(key)) for x in v]
+            else:
+                d[key] = _check_number(key, v, spec, self._where(key))
+        for key in BOOL_KEYS:
+            v = d.get(key)
+            if v is None or isinstance(v, bool) or (isinstance(v, list) and key in self.grid_keys
+                                                    and all(isinstance(x, bool) for x in v)):
+                continue
+            if isinstance(v, int) and v in (0, 1):
+                d[key] = bool(v)
+                continue
+            raise MMRecError(f"{self._where(key)}: '{key}' is {v!r}; expected true or false")
+        topk = d.get("topk")
+        if topk is not None:
+            if not topk:
+                raise MMRecError(f"{self._where('topk')}: 'topk' is empty; expected a list of cut-offs, e.g. [10, 20]")
+            d["topk"] = [_check_number("topk", k, (_I, 1, None, True, True), self._where("topk")) for k in topk]
+        dev = d.get("device")
+        if dev is not None and not hasattr(dev, "type") and not _DEVICE_RE.match(str(dev)):
+            raise MMRecError(f"{self._where('device')}: 'device' is {dev!r}; expected auto, cpu, cuda, cuda:N or mps")
+        sp_ = d.get("show_progress")
+        if sp_ is not None and not isinstance(sp_, bool) and str(sp_).lower() != "auto":
+            raise MMRecError(f"{self._where('show_progress')}: 'show_progress' is {sp_!r}; expected auto, true or false")
+        learner = d.get("learner")
+        if learner is not None and str(learner).lower() not in LEARNERS:
+            raise MMRecError(f"{self._where('learner')}: unknown optimizer learner: '{learner}'; expected one of "
+                             f"{', '.join(LEARNERS)}")
+        grid = d.get("grid")
+        if grid is not None and str(grid).lower() not in ("full", "first"):
+            raise MMRecError(f"{self._where('grid')}: 'grid' is {grid!r}; expected full or first")
+        sched = d.get("learning_rate_scheduler")
+        if sched is not None and not (isinstance(sched, list) and len(sched) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in sched)):
+            raise MMRecError(f"{self._where('learning_rate_scheduler')}: 'learning_rate_scheduler' is {sched!r}; "
+                             f"expected [a, b] with a > 0 and b > 0 (lr * a^(epoch/b)), e.g. [1.0, 50]")
         vm = d.get("valid_metric")
         if vm is not None:
             name, _, k = str(vm).partition("@")
@@ -237,6 +410,31 @@ class Config:
 def available_names(config_dir: Path, kind: str) -> List[str]:
     """Names of the yaml files under configs/<kind>/ (dataset or model)."""
     return sorted(p.stem for p in (config_dir / kind).glob("*.yaml"))
+
+
+def _data_root(value: Any, from_cli: bool, config_dir: Path) -> str:
+    """Absolute data_path with a trailing separator: relative to the current folder when given on
+    the command line, else to the checkout holding configs/ (the current folder for an installed copy)."""
+    dp = str(value or "data/")
+    if not os.path.isabs(dp):
+        base = config_dir.parent if config_dir.parent.name != "mmrec_egra" else Path.cwd()
+        dp = str(base / dp) if not from_cli else os.path.abspath(dp)
+    return os.path.join(os.path.abspath(dp), "")
+
+
+def modality_origin(config, name: str) -> Optional[str]:
+    """The yaml file (or 'command line') that named modality `name`'s feature file; None when
+    only overall.yaml's MMRec defaults name it (those files are read when present)."""
+    origins = getattr(config, "origins", None)
+    if not origins:
+        return None
+    mods = config["modalities"]
+    key = "modalities" if isinstance(mods, dict) and mods else \
+        {"image": "vision_feature_file", "text": "text_feature_file"}.get(name)
+    src = origins.get(key) if key else None
+    if src is None or src == str(Path(getattr(config, "config_dir", "")) / "overall.yaml"):
+        return None
+    return src
 
 
 def modality_files(config) -> "OrderedDict[str, str]":

@@ -15,10 +15,51 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..config import modality_files
+from ..config import modality_files, modality_origin
 from ..utils import MMRecError, get_logger
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
+MAX_ID_SLACK = 10_000_000     # ids may have gaps; tables of up to this many unused rows are accepted
+
+
+def _or(value, default):
+    """`default` only when the key is missing (None); an explicit value is kept."""
+    return default if value is None else value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_table(path: Path, sep: str, columns) -> pd.DataFrame:
+    """The id columns as strings; a parse or encoding problem is one MMRecError naming the line."""
+    try:
+        return pd.read_csv(path, sep=sep, usecols=columns, dtype=str, keep_default_na=False, engine="c")
+    except UnicodeDecodeError as exc:
+        line = "?"
+        with open(path, "rb") as fh:        # error path only: find the first line that is not UTF-8
+            for n, raw in enumerate(fh, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    line = n
+                    break
+        raise MMRecError(f"{path}, line {line}: bytes that are not UTF-8 text ({exc.reason}). Save the file "
+                         f"as UTF-8 (or remove those bytes).") from None
+    except pd.errors.ParserError as exc:
+        quote = None
+        with open(path, "rb") as fh:        # error path only: a stray quote is the usual cause
+            for n, raw in enumerate(fh, 1):
+                if b'"' in raw:
+                    quote = n
+                    break
+        where = f" (line {quote} holds a quote character \", which makes the parser read across line ends: " \
+            f"remove it)" if quote else ""
+        raise MMRecError(f"cannot parse {path}: {_first_line(exc)}{where}. Each line must hold the header's "
+                         f"columns separated by {sep!r}.") from None
+    except (ValueError, OSError) as exc:
+        raise MMRecError(f"cannot read {path}: {_first_line(exc)}") from None
 
 
 class RecDataset:
@@ -33,11 +74,12 @@ class RecDataset:
         self.config = config
         self.name = str(config["dataset"])
         self.data_dir = Path(str(config["data_path"])) / self.name
-        self.inter_path = self.data_dir / (config["inter_file_name"] or f"{self.name}.inter")
-        self.uid = config["USER_ID_FIELD"] or "userID"
-        self.iid = config["ITEM_ID_FIELD"] or "itemID"
-        self.label = config["inter_splitting_label"] or "x_label"
-        self._read_inter(config["field_separator"] or "\t")
+        self.inter_path = self.data_dir / _or(config["inter_file_name"], f"{self.name}.inter")
+        self.uid = _or(config["USER_ID_FIELD"], "userID")
+        self.iid = _or(config["ITEM_ID_FIELD"], "itemID")
+        self.label = _or(config["inter_splitting_label"], "x_label")
+        self.item_ids_original: Optional[np.ndarray] = None    # set when remap_ids renumbers items
+        self._read_inter(_or(config["field_separator"], "\t"))
         self.features: "OrderedDict[str, np.ndarray]" = self._read_features()
         self._hash: Optional[str] = None
 
@@ -53,21 +95,26 @@ class RecDataset:
                 f"that holds '{self.name}/' (e.g. --data_path ../shared/data/), or -d demo for the built-in data.")
         try:
             header = pd.read_csv(path, sep=sep, nrows=0).columns.tolist()
+        except UnicodeDecodeError as exc:
+            raise MMRecError(f"cannot read {path}: byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                             f"{exc.start} of the header is not UTF-8 text. Save the file as UTF-8.") from None
         except Exception as exc:
-            raise MMRecError(f"cannot read {path}: {exc}. Expected a {sep!r}-separated file with a header line.") from None
+            raise MMRecError(f"cannot read {path}: {_first_line(exc)}. Expected a {sep!r}-separated file with a "
+                             f"header line.") from None
         missing = [c for c in (self.uid, self.iid, self.label) if c not in header]
         if missing:
             raise MMRecError(f"{path}: header has columns {header}; missing {missing}. The header must name "
                              f"{self.uid}, {self.iid} and {self.label} (set USER_ID_FIELD / ITEM_ID_FIELD / "
                              f"inter_splitting_label or field_separator if your file differs).")
-        df = pd.read_csv(path, sep=sep, usecols=[self.uid, self.iid, self.label], dtype=str,
-                         keep_default_na=False, engine="c")
+        df = _read_table(path, sep, [self.uid, self.iid, self.label])
         if len(df) == 0:
             raise MMRecError(f"{path}: no interaction rows after the header")
         cols = {}
         for col in (self.uid, self.iid, self.label):
             cols[col] = self._to_int(df[col], path, col)
         u, i, lab = cols[self.uid], cols[self.iid], cols[self.label]
+        u = self._check_id_range(u, df[self.uid], path, self.uid, "users")
+        i = self._check_id_range(i, df[self.iid], path, self.iid, "items")
         bad = np.flatnonzero(~np.isin(lab, [0, 1, 2]))
         if bad.size:
             r = bad[0]
@@ -97,12 +144,35 @@ class RecDataset:
     def _to_int(col: pd.Series, path: Path, name: str) -> np.ndarray:
         vals = pd.to_numeric(col, errors="coerce")
         arr = vals.to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.floor(arr)) | (arr < 0))
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.floor(arr)) | (arr < 0) | (arr >= 2.0 ** 62))
         if bad.size:
             r = bad[0]
             raise MMRecError(f"{path}, line {r + 2}: column {name} holds {col.iloc[r]!r}; expected a non-negative "
                              f"integer id ({bad.size} bad rows). Remove or fix those rows.")
         return arr.astype(np.int64)
+
+    def _check_id_range(self, ids: np.ndarray, col: pd.Series, path: Path, name: str, what: str) -> np.ndarray:
+        """Ids index per-id tables (embeddings, masks, features) of size max id + 1, so a stray
+        huge id (1e9) would allocate gigabytes: catch it before anything proportional to it
+        is built, or renumber the ids 0..n-1 when `remap_ids` is true."""
+        uniq = np.unique(ids)
+        top = int(uniq[-1])
+        if self.config["remap_ids"]:
+            if what == "items":
+                self.item_ids_original = uniq
+            if top + 1 != len(uniq):
+                get_logger().info("remap_ids: %d %s renumbered 0..%d (largest id was %d)", len(uniq), what,
+                                  len(uniq) - 1, top)
+            return np.searchsorted(uniq, ids).astype(np.int64)
+        limit = max(4 * len(uniq), len(uniq) + MAX_ID_SLACK)
+        if top + 1 > limit:
+            r = int(np.argmax(ids))
+            raise MMRecError(
+                f"{path}, line {r + 2}: {name} {col.iloc[r]} is far beyond the {len(uniq)} distinct {what} of the "
+                f"file: ids are used as row numbers (0..n-1, MMRec format), so it would allocate tables for "
+                f"{top + 1:,} {what}. Fix that id, or set remap_ids: true (--remap_ids true) to renumber ids "
+                f"0..n-1 (feature rows are then read at the original item ids).")
+        return ids
 
     # ---- features --------------------------------------------------------
     def _read_features(self) -> "OrderedDict[str, np.ndarray]":
@@ -110,12 +180,33 @@ class RecDataset:
         for name, fname in modality_files(self.config).items():
             path = self.data_dir / fname
             if not path.is_file():
-                continue
+                origin = modality_origin(self.config, name)
+                if origin:      # named by a yaml or the command line: the dataset claims it, so it must exist
+                    raise MMRecError(f"feature file {path} of modality '{name}' does not exist, but {origin} "
+                                     f"names it ({fname}). Put the file there, or remove modality '{name}' "
+                                     f"from {origin}.")
+                continue        # overall.yaml's MMRec default names: read only when present
+            remapped = self.item_ids_original is not None
             try:
-                arr = np.load(path, allow_pickle=False)
+                # remapped ids read only the rows they need from a memory map
+                arr = np.load(path, allow_pickle=False, mmap_mode="r" if remapped else None)
             except Exception as exc:
-                raise MMRecError(f"cannot read feature file {path} ({name}): {exc}. Expected a .npy float array "
-                                 f"[n_items, d].") from None
+                raise MMRecError(f"cannot read feature file {path} ({name}): {_first_line(exc)}. Expected a .npy "
+                                 f"float array [n_items, d] saved with np.save (a truncated file must be "
+                                 f"written again).") from None
+            if not isinstance(arr, np.ndarray):      # np.load returns an archive for .npz content
+                inner = list(getattr(arr, "files", []))
+                if hasattr(arr, "close"):
+                    arr.close()
+                raise MMRecError(f"feature file {path} ({name}) is an .npz archive (arrays: {', '.join(inner)}), "
+                                 f"not a .npy array. Save one array with np.save(path, arr), or extract it: "
+                                 f"np.save('{path.name}', np.load('{path.name}')['{inner[0] if inner else 'arr_0'}'])")
+            if remapped and arr.ndim == 2:
+                if arr.shape[0] <= int(self.item_ids_original[-1]):
+                    raise MMRecError(f"feature file {path} ({name}) has {arr.shape[0]} rows; with remap_ids its "
+                                     f"rows are read at the original item ids, up to "
+                                     f"{int(self.item_ids_original[-1])}: one row per original item id is needed")
+                arr = np.asarray(arr[self.item_ids_original])
             if arr.ndim != 2:
                 raise MMRecError(f"feature file {path} ({name}) has shape {arr.shape}; expected a 2-D array "
                                  f"[n_items={self.n_items}, d]")

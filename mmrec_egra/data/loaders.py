@@ -57,7 +57,7 @@ class TrainDataLoader:
     def __init__(self, config, dataset: RecDataset, batch_size: Optional[int] = None, shuffle: bool = True):
         self.config = config
         self.dataset = dataset
-        self.batch_size = int(batch_size or config["train_batch_size"] or 2048)
+        self.batch_size = int(_first_set(batch_size, config["train_batch_size"], 2048))
         self.shuffle = shuffle
         self.neg_sampling = config["use_neg_sampling"] is not False
         self.users = dataset.train_users.astype(np.int64)
@@ -109,7 +109,7 @@ class EvalDataLoader:
         self.config = config
         self.dataset = dataset
         self.split = split
-        self.batch_size = int(batch_size or config["eval_batch_size"] or 4096)
+        self.batch_size = int(_first_set(batch_size, config["eval_batch_size"], 4096))
         pos = dataset.inter_matrix("csr", split)
         self.positives: sp.csr_matrix = pos                     # ground truth per user
         self.users = np.flatnonzero(np.diff(pos.indptr) > 0).astype(np.int64)
@@ -149,3 +149,8 @@ def build_loaders(config, dataset: RecDataset):
     test = EvalDataLoader(config, dataset, "test")
     test.train_csr = valid.train_csr    # one mask matrix: the evaluator sees at once that both share it
     return train, valid, test
+
+
+def _first_set(*values):
+    """The first value that is not None (0 is a value, not "missing")."""
+    return next(v for v in values if v is not None)
