@@ -23,6 +23,11 @@ def _run_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--no_save", action="store_true", help="do not write results/checkpoints")
     p.add_argument("--ablation", action="store_true",
                    help="run the model's ablation arms (ablation_arms in its yaml) over --seed and write one table")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training of each combination across the processes torchrun starts "
+                        "(torchrun --standalone --nproc_per_node N main.py ... --distributed)")
+    from .compare import add_ray_arguments
+    add_ray_arguments(p)
     return p
 
 
@@ -39,17 +44,32 @@ def main_run(argv: Optional[List[str]] = None, prog: str = "main.py") -> int:
         seeds = overrides.pop("seed", 999)
         seeds = seeds if isinstance(seeds, list) else [seeds]
         rest = [t for k, v in overrides.items() for t in (f"--{k}", _cli_repr(v))]
+        rest += (["--ray"] if args.ray else []) + (["--ray_address", args.ray_address] if args.ray_address else []) \
+            + (["--ray_gpus", str(args.ray_gpus)] if args.ray_gpus is not None else [])
         return compare.main(["-d", args.dataset, "--ablation", args.model, "--seeds", *map(str, seeds), *rest])
     try:
         overrides = parse_cli_overrides(rest)
         from .runner import run
-        run(args.model, args.dataset, overrides, resume=args.resume, save=not args.no_save)
+        if args.distributed and (args.ray or args.ray_address):
+            raise MMRecError("--distributed and --ray do not combine: use torchrun for one run over several "
+                             "processes, or --ray for many runs at once")
+        if args.distributed:
+            from .distributed import run_distributed
+            run_distributed(args.model, args.dataset, overrides, resume=args.resume, save=not args.no_save)
+        elif args.ray or args.ray_address:
+            if args.no_save:
+                raise MMRecError("--ray gathers the runs from their saved results; drop --no_save")
+            from .fanout import run_grid
+            run_grid(args.model, args.dataset, overrides, args.resume, args.ray_address, args.ray_gpus)
+        else:
+            run(args.model, args.dataset, overrides, resume=args.resume, save=not args.no_save)
     except MMRecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command with --resume to continue", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:   # trainer.RunInterrupted says what was saved and which signal
+        print(f"interrupted: {exc if str(exc) else 'rerun the same command with --resume to continue'}",
+              file=sys.stderr)
+        return 128 + getattr(exc, "signum", 2)
     return 0
 
 
@@ -87,7 +107,8 @@ def main_install(cmd: str, argv: List[str]) -> int:
     p = argparse.ArgumentParser(prog=f"mmrec-egra {cmd}",
                                 description="Install our models into (or remove them from) an MMRec checkout")
     p.add_argument("src", help="the MMRec src/ folder (holding models/ and configs/)")
-    p.add_argument("--force", action="store_true", help="replace MMRec's own files (backed up) / edited files")
+    p.add_argument("--force", action="store_true",
+                   help="replace files already in the tree (backed up) / files edited since install")
     if cmd == "install-into":
         p.add_argument("-m", "--models", nargs="+", default=None, help="only these models (default: all)")
     args = p.parse_args(argv)
@@ -116,7 +137,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return main_artifacts(rest)
         if cmd in ("install-into", "uninstall-from"):
             return main_install(cmd, rest)
-        raise MMRecError(f"unknown command '{cmd}'; commands: run, list, artifacts, install-into, uninstall-from")
+        if cmd == "prepare":
+            from .data.prepare import main as main_prepare
+            return main_prepare(rest)
+        raise MMRecError(f"unknown command '{cmd}'; commands: run, list, artifacts, install-into, uninstall-from, prepare")
     except MMRecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

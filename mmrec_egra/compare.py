@@ -5,11 +5,14 @@
     python main.py -m EGRA -d tiktok --data_path ../shared/data/ --ablation --seed 999 1 2
 
 Each entry runs with its default configuration (the first value of every grid key) or,
-with --grid, its whole grid, the best combination chosen on VALIDATION per seed. The
+with --grid, its whole grid, or with --grid-max N at most N combinations of it (the same
+cut for every model: N evenly spaced positions in grid order, first and last kept), the
+best combination chosen on VALIDATION per seed. The
 table reports test Recall/NDCG@10/20 at the best-valid epoch (mean and std over seeds),
 the valid metric, epochs to the best epoch, and median seconds per training epoch. It is
-written as markdown and CSV; every run is also saved under checkpoint_dir as usual, and
-a rerun with the same arguments reuses finished runs (resume).
+written as markdown, CSV and report.html (charts with seed error bars, docs/results.md);
+every run is also saved under checkpoint_dir as usual, and a rerun with the same
+arguments reuses finished runs (resume).
 """
 from __future__ import annotations
 
@@ -32,10 +35,65 @@ REPORT_KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 Entry = Tuple[str, str, Dict[str, Any]]      # (label, model name, config overrides)
 
 
-def run_entries(entries: Sequence[Entry], dataset: str, seeds: Sequence[int], overrides: Dict[str, Any],
-                full_grid: bool = False, extra_keys: Sequence[str] = ()) -> List[Dict[str, Any]]:
-    """Run every (label, model, overrides) for every seed; returns one row per entry."""
+def cut_grid(combos: Sequence[Dict[str, Any]], n: int) -> List[Dict[str, Any]]:
+    """At most n combinations, the same way for every model: n evenly spaced positions of the
+    grid in its run order (last key fastest), the first (default) and the last always kept."""
+    if n < 1:
+        raise MMRecError(f"--grid-max must be at least 1, found {n}")
+    if len(combos) <= n:
+        return list(combos)
+    if n == 1:
+        return [combos[0]]
+    idx = sorted({int(round(i * (len(combos) - 1) / (n - 1))) for i in range(n)})
+    return [combos[i] for i in idx]
+
+
+def _run_cut_grid(model: str, dataset: str, opts: Dict[str, Any], n: int, valid_metric: str):
+    """Run the cut grid of `model` (one combination per call, so finished ones are reused)
+    and return the summary of the best combination on validation."""
+    from .runner import make_config, run
+    config = make_config(model, dataset, dict(opts))
+    keys = [k for k in config.grid_keys if k != "seed"]
+    combos = cut_grid([{k: c[k] for k in keys} for c in config.grid()], n)
+    get_logger().info("%s: grid cut to %d of %d combination(s) (--grid-max %d)", model, len(combos),
+                      len(config.grid()), n)
+    best = None
+    for combo in combos:
+        single = dict(opts, grid="first", **{k: [v] for k, v in combo.items()})
+        summary = run(model, dataset, single, resume=True)
+        b = summary["best"]
+        if b is not None and (best is None or b["result"]["best_valid"][valid_metric] >
+                              best["best"]["result"]["best_valid"][valid_metric]):
+            best = summary
+    return best or summary
+
+
+def entry_opts(label: str, model: str, entry_over: Dict[str, Any], overrides: Dict[str, Any], seed: int,
+               full_grid: bool) -> Dict[str, Any]:
+    """The run overrides of one (entry, seed): an ablation arm's runs go under arm-<label>/."""
+    opts = dict(overrides)
+    opts.update(entry_over)
+    opts["seed"] = [int(seed)]
+    opts["grid"] = "full" if full_grid else "first"
+    if "checkpoint_dir" in opts or label != model:
+        base = Path(str(opts.get("checkpoint_dir") or "saved/"))
+        opts["checkpoint_dir"] = str(base / f"arm-{label}") if label != model else str(base)
+    return opts
+
+
+def run_one(model: str, dataset: str, opts: Dict[str, Any], grid_max: Optional[int], valid_metric: str):
+    """Train (or reuse) one (entry, seed); the unit of work both the loop below and --ray run."""
     from .runner import run
+    if grid_max:
+        return _run_cut_grid(model, dataset, opts, int(grid_max), valid_metric)
+    return run(model, dataset, opts, resume=True)
+
+
+def run_entries(entries: Sequence[Entry], dataset: str, seeds: Sequence[int], overrides: Dict[str, Any],
+                full_grid: bool = False, extra_keys: Sequence[str] = (),
+                grid_max: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Run every (label, model, overrides) for every seed; returns one row per entry.
+    grid_max: search each model's grid cut to at most that many combinations (`cut_grid`)."""
     log = get_logger()
     rows = []
     total = len(entries) * len(seeds)
@@ -45,15 +103,9 @@ def run_entries(entries: Sequence[Entry], dataset: str, seeds: Sequence[int], ov
         for seed in seeds:
             n += 1
             log.info("### [%d/%d] %s, seed %s", n, total, label, seed)
-            opts = dict(overrides)
-            opts.update(entry_over)
-            opts["seed"] = [int(seed)]
-            opts["grid"] = "full" if full_grid else "first"
-            if "checkpoint_dir" in opts or label != model:
-                base = Path(str(opts.get("checkpoint_dir") or "saved/"))
-                opts["checkpoint_dir"] = str(base / f"arm-{label}") if label != model else str(base)
+            opts = entry_opts(label, model, entry_over, overrides, seed, full_grid)
             t0 = time.time()
-            summary = run(model, dataset, opts, resume=True)
+            summary = run_one(model, dataset, opts, grid_max, summary_valid_metric(overrides))
             best = summary["best"]
             if best is None:
                 log.warning("%s seed %s produced no valid result (NaN loss?)", label, seed)
@@ -139,6 +191,16 @@ def ablation_entries(model: str, overrides: Dict[str, Any]) -> List[Entry]:
     return entries
 
 
+def add_ray_arguments(p: argparse.ArgumentParser) -> None:
+    """--ray / --ray_address / --ray_gpus (mmrec_egra.fanout), shared by main.py and compare."""
+    p.add_argument("--ray", action="store_true", help="run the runs as Ray tasks on a local cluster "
+                   "(pip install 'ray>=2.9'); finished runs are reused")
+    p.add_argument("--ray_address", default=None, metavar="ADDR",
+                   help="Ray cluster to use instead of a local one (e.g. auto or ray://host:10001); implies --ray")
+    p.add_argument("--ray_gpus", type=float, default=None, metavar="G",
+                   help="GPUs per task (default: 1 when the cluster has GPUs, else 0; 0.5 shares a GPU by two)")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmrec_egra.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,8 +211,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="with --ablation: run only these arms (default: all, in the yaml's order)")
     p.add_argument("--seeds", nargs="+", type=int, default=[999])
     p.add_argument("--grid", action="store_true", help="search each model's grid (chosen on valid) per seed")
+    p.add_argument("--grid-max", type=int, default=None, metavar="N",
+                   help="search each model's grid cut to at most N combinations (evenly spaced in grid "
+                        "order, first and last kept; the same rule for every model), chosen on valid per seed")
     p.add_argument("--out", default=None, help="folder for table.md / table.csv / runs.json")
     p.add_argument("--longtail", action="store_true", help="also report head/tail test Recall@20 and NDCG@20")
+    add_ray_arguments(p)
     args, rest = p.parse_known_args(argv)
     try:
         overrides = parse_cli_overrides(rest)
@@ -173,14 +239,22 @@ def main(argv: Optional[List[str]] = None) -> int:
             names = args.models or [m for m in list_models() if not m.startswith("_")]
             entries = [(m, m, {}) for m in names]
             title = f"Model comparison on {args.dataset}"
-        title += f" (seeds {' '.join(map(str, args.seeds))}; {'grid searched on valid' if args.grid else 'default configuration'})"
-        rows = run_entries(entries, args.dataset, args.seeds, overrides, args.grid, extra)
+        how = (f"grid cut to at most {args.grid_max} combinations, searched on valid" if args.grid_max else
+               "grid searched on valid" if args.grid else "default configuration")
+        title += f" (seeds {' '.join(map(str, args.seeds))}; {how})"
+        if args.ray or args.ray_address:      # train every (entry, seed) as a Ray task; gathered below
+            from .fanout import prerun_entries
+            prerun_entries(entries, args.dataset, args.seeds, overrides, args.grid, args.grid_max,
+                           args.ray_address, args.ray_gpus)
+        rows = run_entries(entries, args.dataset, args.seeds, overrides, args.grid, extra, args.grid_max)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(args.out) if args.out else Path(str(overrides.get("checkpoint_dir") or "saved")) / \
             f"{'ablation-' + args.ablation if args.ablation else 'compare'}-{args.dataset}-{stamp}"
         path = write_tables(out, title, rows, summary_valid_metric(overrides), extra)
+        from .report import write_html_report
+        write_html_report(out, title, rows, summary_valid_metric(overrides), extra, args.dataset)
         print(path.read_text())
-        print(f"tables written to {out}/table.md, table.csv, runs.json")
+        print(f"tables written to {out}/table.md, table.csv, runs.json; charts: {out}/report.html")
     except MMRecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
