@@ -9,7 +9,7 @@ available to us):
   * modality-behaviour alignment should be weighted per entity by its current alignment
     degree, and its global strength should grow during training ("bi-level dynamic
     alignment weighting").
-Everything below beyond those two ideas is OUR choice (see /work/shared/design/EGRA.md);
+Everything below beyond those two ideas is OUR choice (docs/egra.md sets the two apart);
 each choice is a config key so that the ablation arms can switch it off.
 
 Stage 1 (pipeline.stage1, called from `EGRA.prepare` in our host): train the teacher
