@@ -87,6 +87,45 @@ class TopKEvaluator:
         self.topk = sorted(int(k) for k in (config["topk"] or [10, 20]))
         self.max_k = max(self.topk)
         self.chunk_elems = int(config.get("eval_chunk_elems") or 2 ** 23)
+        # Sampled-user evaluation (quick validation at scale; off by default). Only the valid
+        # split is sampled unless `eval_sample_test: true`; every sampled result carries
+        # 'sampled_users' / 'sampled_from' so it can never pass for a full-ranking result.
+        self.sample_users = int(config.get("eval_sample_users") or 0)
+        self.sample_test = bool(config.get("eval_sample_test") or False)
+        self.sample_seed = int(config.get("eval_sample_seed") or 0)
+        if self.sample_users < 0:
+            from .utils import MMRecError
+            raise MMRecError(f"config key eval_sample_users is {self.sample_users}; expected a positive number of "
+                             f"users, or null for full evaluation")
+        if self.sample_users:
+            from .utils import get_logger
+            get_logger().warning(
+                "eval_sample_users=%d: %s metrics are computed on a fixed random sample of %d users per split "
+                "(SAMPLED quick validation, not comparable to full-ranking results)%s", self.sample_users,
+                "valid and test" if self.sample_test else "valid", self.sample_users,
+                "" if self.sample_test else "; test stays full ranking")
+
+    def sampled(self, loader):
+        """`loader` restricted to a fixed random sample of its users when sampling applies to
+        its split (valid; test too with eval_sample_test), else `loader` itself. The sample is
+        drawn with `eval_sample_seed`, so every epoch ranks the same users."""
+        split = getattr(loader, "split", None)
+        if not self.sample_users or not hasattr(loader, "users") or len(loader.users) <= self.sample_users \
+                or split not in (("valid", "test") if self.sample_test else ("valid",)):
+            return loader
+        import copy
+        rng = np.random.default_rng([self.sample_seed, 0 if split == "valid" else 1])
+        view = copy.copy(loader)
+        view.users = np.sort(rng.choice(loader.users, size=self.sample_users, replace=False))
+        view.sampled_from = len(loader.users)
+        return view
+
+    @staticmethod
+    def _label(result: Dict[str, float], loader) -> Dict[str, float]:
+        if hasattr(loader, "sampled_from"):
+            result["sampled_users"] = int(len(loader.users))
+            result["sampled_from"] = int(loader.sampled_from)
+        return result
 
     @torch.no_grad()
     def rank(self, model, loader) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +138,10 @@ class TopKEvaluator:
         """
         users_all: List[np.ndarray] = []
         topk_all: List[np.ndarray] = []
-        n_items = None
+        # known item count -> chunked from the first call (else the first call scores a whole
+        # loader batch: 4096 x 1M items would be 16 GiB)
+        n_items = getattr(model, "n_items", None)
+        n_items = int(n_items) if isinstance(n_items, (int, np.integer)) and n_items > 0 else None
         for users, (mrow, mcol) in loader:
             dev = getattr(model, "device", torch.device("cpu"))
             step = len(users) if n_items is None else max(1, self.chunk_elems // n_items)
@@ -126,8 +168,9 @@ class TopKEvaluator:
         per-group metrics such as 'tail/recall@20', computed over each group's positives.
         """
         model.eval()
+        loader = self.sampled(loader)
         users, top = self.rank(model, loader)
-        return self.metrics_for(users, top, loader.positives, item_groups)
+        return self._label(self.metrics_for(users, top, loader.positives, item_groups), loader)
 
     def evaluate_splits(self, model, loaders: Sequence[Any],
                         item_groups: Optional[Dict[str, np.ndarray]] = None) -> List[Dict[str, float]]:
@@ -139,6 +182,7 @@ class TopKEvaluator:
         (no `users` / `train_csr`, or different training matrices) are ranked one by one.
         """
         from .data.loaders import masked_user_batches
+        loaders = [self.sampled(l) for l in loaders]
         shared = all(hasattr(l, "users") and hasattr(l, "train_csr") and hasattr(l, "positives")
                      for l in loaders) and all(_same_matrix(loaders[0].train_csr, l.train_csr) for l in loaders)
         if not shared or len(loaders) < 2:
@@ -150,7 +194,7 @@ class TopKEvaluator:
         out = []
         for l in loaders:
             idx = np.searchsorted(users, l.users)
-            out.append(self.metrics_for(l.users, top[idx], l.positives, item_groups))
+            out.append(self._label(self.metrics_for(l.users, top[idx], l.positives, item_groups), l))
         return out
 
     def metrics_for(self, users: np.ndarray, top: np.ndarray, positives: sp.csr_matrix,

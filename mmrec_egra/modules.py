@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn as nn
 
-from .graphs import knn_graph, sym_normalize, to_torch_sparse
+from .graphs import knn_cache_params, knn_graph, resolve_knn_backend, sym_normalize, to_torch_sparse
 
 SparseLike = Union[torch.Tensor, sp.spmatrix, "SparseMatrix"]
 
@@ -168,12 +168,13 @@ def modality_knn_graphs(model, k: int, weighted: bool = True, include_self: bool
     out: "OrderedDict[str, Union[torch.Tensor, sp.csr_matrix]]" = OrderedDict()
     for name, feat in model.mm_feats.items():
         feat_cpu = feat.detach().cpu()
+        backend = resolve_knn_backend(model.config["knn_backend"], feat_cpu.shape[0])   # part of the cache key
 
-        def build(feat_cpu=feat_cpu) -> sp.csr_matrix:
-            g = knn_graph(feat_cpu, int(k), weighted=weighted, include_self=include_self)
+        def build(feat_cpu=feat_cpu, backend=backend) -> sp.csr_matrix:
+            g = knn_graph(feat_cpu, int(k), weighted=weighted, include_self=include_self, backend=backend)
             return sym_normalize(g) if norm == "sym" else g
 
-        g = cache.get_or_build("modality_knn", params, {"features": feat_cpu}, build)
+        g = cache.get_or_build("modality_knn", knn_cache_params(params, backend), {"features": feat_cpu}, build)
         out[name] = to_torch_sparse(g, model.device) if as_torch else g
     return out
 
