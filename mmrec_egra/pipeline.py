@@ -12,6 +12,9 @@ Inside a foreign host (a real MMRec checkout) no validation loader reaches the m
 so `teacher_embeddings_for_model` trains the teacher in EGRA's constructor for
 `teacher_epochs` epochs on the training matrix it was given (no early stopping),
 unless an export with the same key is stored or `teacher_embeddings_file` is set.
+Either way the teacher runs with its OWN defaults (configs/model/<Teacher>.yaml, first
+value of each grid key), overridden only by `teacher_config` / `teacher_seed`, never
+with EGRA's values for keys they share.
 """
 from __future__ import annotations
 
@@ -155,6 +158,29 @@ def teacher_embeddings_for_model(config, dataloader, n_items: int) -> np.ndarray
     return _foreign_host_teacher(config, dataloader, n_items)
 
 
+def teacher_yaml_defaults(teacher_name: str, config_dir=None) -> Dict[str, Any]:
+    """The teacher's own defaults: every key of configs/model/<Teacher>.yaml, each grid key
+    (`hyper_parameters`) cut to its first value, as our host's default configuration.
+    Empty when the teacher has no yaml (then the host's values and the model's code defaults apply)."""
+    from .config import default_config_dir, load_yaml
+    from .registry import canonical_name, get_model
+    name = canonical_name(teacher_name)
+    own = getattr(get_model(name), "config_file", None)
+    path = Path(own) if own else Path(config_dir or default_config_dir()) / "model" / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    data = load_yaml(path)
+    grid = data.pop("hyper_parameters", None) or []
+    data.pop("ablation_arms", None)
+    for k in grid:
+        v = data.get(k)
+        if isinstance(v, list):
+            if not v:
+                raise MMRecError(f"{path}: grid key '{k}' holds an empty list; give at least one value")
+            data[k] = v[0]
+    return data
+
+
 def _foreign_host_teacher(config, dataloader, n_items: int) -> np.ndarray:
     from .registry import get_model
     from .trainer import Trainer
@@ -163,9 +189,18 @@ def _foreign_host_teacher(config, dataloader, n_items: int) -> np.ndarray:
     epochs = int(config["teacher_epochs"] or 50)
     teacher_name = str(config["teacher_model"] or "MGCN")
     R = dataloader.inter_matrix(form="csr")
-    seed = int(config["seed"] if not isinstance(config["seed"], list) else config["seed"][0])
+    seed = config["teacher_seed"] if config["teacher_seed"] is not None else config["seed"]
+    seed = int(seed if not isinstance(seed, list) else seed[0])
+    extra = config["teacher_config"] or {}
+    if not isinstance(extra, dict):
+        raise MMRecError(f"teacher_config must be a mapping of teacher keys (e.g. {{cl_loss: 0.001}}), found {extra!r}")
+    # the teacher's own yaml defaults, then explicit teacher_config; the host's config only
+    # for what neither sets (data, training protocol): EGRA's keys must not leak into it
+    overrides = dict(teacher_yaml_defaults(teacher_name, config["config_dir"]))
+    overrides.update(extra)
+    overrides["seed"] = seed
     key = "teacher/" + content_key("foreign-host", array_digest(R), teacher_name, kind, epochs, seed,
-                                   config["teacher_config"] or {}, config["embedding_size"])
+                                   overrides, config["embedding_size"])
     store = None
     try:
         store = open_store(artifact_dir_for(config))
@@ -178,10 +213,9 @@ def _foreign_host_teacher(config, dataloader, n_items: int) -> np.ndarray:
     log.info("EGRA: no validation data in this host; training teacher %s for teacher_epochs=%d epochs on the "
              "training matrix", teacher_name, epochs)
     cls = get_model(teacher_name)
-    overrides = dict(config["teacher_config"] or {})
 
     class _TeacherConfig:
-        """The host's config with the teacher's overrides on top (missing -> None)."""
+        """The host's config under the teacher's yaml defaults and teacher_config (missing -> None)."""
         def __getitem__(self, k):
             return overrides[k] if k in overrides else config[k]
 

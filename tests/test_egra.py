@@ -3,7 +3,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -336,16 +335,44 @@ def test_foreign_host_trains_the_teacher_in_the_constructor(make_env, caplog, mo
     assert epochs == ["MGCN", "MGCN"] and "reusing stored teacher export" in caplog.text
 
 
-def test_main_end_to_end_under_a_minute(demo_root, tmp_path):
+def test_teacher_yaml_defaults_cut_grids_to_first_value(tmp_path):
+    from mmrec_egra.pipeline import teacher_yaml_defaults
+    d = teacher_yaml_defaults("mgcn")
+    assert d["cl_loss"] == 0.001 and d["knn_k"] == 10 and d["learning_rate_scheduler"] == [0.96, 50]
+    assert "hyper_parameters" not in d
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MGCN.yaml").write_text("cl_loss: []\nhyper_parameters: [cl_loss]\n")
+    with pytest.raises(MMRecError, match=r"MGCN.yaml: grid key 'cl_loss' holds an empty list"):
+        teacher_yaml_defaults("MGCN", tmp_path)
+
+
+def test_foreign_host_teacher_gets_its_own_yaml_defaults(make_env, monkeypatch):
+    """Inside MMRec the teacher must not inherit EGRA's values: MGCN gets its yaml's first cl_loss
+    (0.001) whatever the host config says, and teacher_config alone overrides it."""
+    from mmrec_egra.trainer import Trainer
+    seen = []
+    real = Trainer._train_epoch
+
+    def spy(self, loader, epoch):
+        seen.append((type(self.model).__name__, self.model.cl_weight))
+        return real(self, loader, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", spy)
+    build(make_env, "EGRA", teacher_epochs=1, cl_loss=0.05, **FAST)            # host value must not leak
+    assert seen == [("MGCN", 0.001)]
+    build(make_env, "EGRA", teacher_epochs=1, teacher_config={"cl_loss": 0.1}, **FAST)
+    assert seen[1:] == [("MGCN", 0.1)]
+
+
+def test_main_end_to_end(demo_root, tmp_path):
+    # speed is measured by benchmarks/, not asserted here: CI cores are shared and noisy
     cmd = [sys.executable, "main.py", "-m", "EGRA", "-d", "demo", "--data_path", demo_root,
            "--checkpoint_dir", str(tmp_path / "saved"), "--artifact_dir", str(tmp_path / "art"),
            "--epochs", "2", "--stopping_step", "1", "--train_batch_size", "1024", "--egra_lambda_max", "0.01",
            "--show_progress", "false"]
     # one thread: on shared CI cores, oversubscribed OpenMP threads slow torch down tenfold
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    t0 = time.time()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    seconds = time.time() - t0
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "stage 1: training teacher MGCN" in out.stdout and "stage 2: training EGRA" in out.stdout
-    assert "best" in out.stdout and seconds < 60, seconds
+    assert "best" in out.stdout

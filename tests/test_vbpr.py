@@ -12,7 +12,23 @@ def test_vbpr_trains_and_ranks(make_env):
 def test_vbpr_config_grid(demo_root):
     from mmrec_egra.runner import make_config
     config = make_config("VBPR", "demo", {"data_path": demo_root})
-    assert [c["reg_weight"] for c in config.grid()] == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert [c["reg_weight"] for c in config.grid()] == [2.0, 1.0, 5.0, 0.1, 1e-2, 1e-4]
+
+
+def test_vbpr_projection_init_is_xavier_normal_with_zero_bias(make_env):
+    config, ds, loaders, model = build(make_env, "VBPR")
+    w, b = model.item_linear.weight.detach(), model.item_linear.bias.detach()
+    fan_out, fan_in = w.shape
+    assert torch.count_nonzero(b) == 0
+    # xavier-normal: zero-mean normal with std sqrt(2 / (fan_in + fan_out)); torch's default
+    # would be uniform with std 1 / sqrt(3 fan_in), about 3x smaller here
+    expected = (2.0 / (fan_in + fan_out)) ** 0.5
+    assert abs(float(w.std()) - expected) < 0.03 * expected, (float(w.std()), expected)
+    assert abs(float(w.mean())) < 0.05 * expected
+    # a normal has kurtosis 3; a uniform 1.8
+    z = (w - w.mean()) / w.std()
+    assert 2.8 < float((z ** 4).mean()) < 3.2
+    assert model.reg_weight == 2.0                              # the default is the grid's first value
 
 
 def test_vbpr_vectors_and_projection_work(make_env):
