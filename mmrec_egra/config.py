@@ -131,7 +131,7 @@ SCHEMA: Dict[str, tuple] = {
     "n_ui_layers": (_I, 0, None, True, True), "n_mm_layers": (_I, 0, None, True, True),
     "seed": (_I, 0, 2 ** 63 - 1, True, True), "teacher_seed": (_I, 0, 2 ** 63 - 1, True, True),
     "threads": (_I, 1, None, True, True), "teacher_epochs": (_I, 1, None, True, True),
-    "egra_ramp": (_I, 0, None, True, True), "sige_cl_batch": (_I, 1, None, True, True),
+    "egra_ramp": (_I, 0, None, True, True), "sige_cl_batch": (_I, 0, None, True, True),
     "eval_chunk_elems": (_I, 1, None, True, True), "checkpoint_every": (_I, 1, None, True, True),
     "mg_beta": (_I, 1, None, True, True), "mg_alpha1": (_F, 0, None, False, True), "mg_alpha2": (_F, 0, None, True, True),
     "learning_rate": (_F, 0, None, False, True), "weight_decay": (_F, 0, None, True, True),
