@@ -146,6 +146,23 @@ class GeneralRecommender(nn.Module):
                          f"model that implements item_representations(), e.g. MGCN")
 
 
+class PairForwardRecommender(GeneralRecommender):
+    """A model whose forward() returns (user embeddings, item embeddings): scoring is their dot
+    product (cached between training steps) and the item vectors are its representations."""
+
+    def full_sort_predict(self, interaction):
+        u_all, i_all = self.cached("forward", self.forward)
+        return u_all[interaction[0]] @ i_all.t()
+
+    def item_representations(self, kind: str = "final") -> torch.Tensor:
+        was = self.training
+        self.eval()
+        with torch.no_grad():
+            _, i_all = self.forward()
+        self.train(was)
+        return i_all
+
+
 def inter_matrix_csr(dataloader) -> sp.csr_matrix:
     """Training interactions as float32 CSR with value 1 (from any MMRec-style loader)."""
     R = sp.csr_matrix(dataloader.inter_matrix(form="csr"), dtype=np.float32)

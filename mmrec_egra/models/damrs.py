@@ -52,7 +52,7 @@ from ..modules import SparseMatrix
 from ..registry import register_model
 from ..utils import MMRecError
 from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
-from .base import GeneralRecommender, inter_matrix_csr
+from .base import PairForwardRecommender, inter_matrix_csr
 
 
 def consistent_knn_graph(feats: Dict[str, torch.Tensor], k: int,
@@ -79,7 +79,7 @@ def consistent_knn_graph(feats: Dict[str, torch.Tensor], k: int,
 
 
 @register_model("DAMRS", aliases=["DA-MRS"])
-class DAMRS(GeneralRecommender):
+class DAMRS(PairForwardRecommender):
     is_multimodal = True
 
     def __init__(self, config, dataloader):
@@ -169,14 +169,3 @@ class DAMRS(GeneralRecommender):
                                        self.item_id_embedding(neg))
         return rec, align, reg
 
-    def full_sort_predict(self, interaction):
-        u_all, i_all = self.cached("forward", self.forward)
-        return u_all[interaction[0]] @ i_all.t()
-
-    def item_representations(self, kind: str = "final") -> torch.Tensor:
-        was = self.training
-        self.eval()
-        with torch.no_grad():
-            _, i_all = self.forward()
-        self.train(was)
-        return i_all

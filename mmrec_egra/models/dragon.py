@@ -36,7 +36,7 @@ from ..graphs import SparseMat, bipartite_adjacency, co_interaction_graph, propa
 from ..losses import bpr_loss
 from ..registry import register_model
 from ._mm_inputs import config_value, feature, setup_feature_inputs
-from .base import GeneralRecommender, inter_matrix_csr
+from .base import PairForwardRecommender, inter_matrix_csr
 from .freedom import freedom_item_graph, freedom_modality_weights
 
 
@@ -58,7 +58,7 @@ def user_cooccurrence_graph(inter: sp.spmatrix, k: int) -> sp.csr_matrix:
 
 
 @register_model
-class DRAGON(GeneralRecommender):
+class DRAGON(PairForwardRecommender):
     is_multimodal = True
 
     def __init__(self, config, dataloader):
@@ -124,14 +124,3 @@ class DRAGON(GeneralRecommender):
             loss = loss + self.reg_weight * reg
         return loss
 
-    def full_sort_predict(self, interaction):
-        u_all, i_all = self.cached("forward", self.forward)
-        return u_all[interaction[0]] @ i_all.t()
-
-    def item_representations(self, kind: str = "final") -> torch.Tensor:
-        was = self.training
-        self.eval()
-        with torch.no_grad():
-            _, i_all = self.forward()
-        self.train(was)
-        return i_all

@@ -49,7 +49,7 @@ from ..modules import SparseMatrix
 from ..registry import register_model
 from ..utils import MMRecError
 from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
-from .base import GeneralRecommender, inter_matrix_csr
+from .base import PairForwardRecommender, inter_matrix_csr
 
 
 def modality_vote_graph(graphs: List[sp.spmatrix]) -> sp.csr_matrix:
@@ -61,7 +61,7 @@ def modality_vote_graph(graphs: List[sp.spmatrix]) -> sp.csr_matrix:
 
 
 @register_model
-class GUME(GeneralRecommender):
+class GUME(PairForwardRecommender):
     is_multimodal = True
 
     def __init__(self, config, dataloader):
@@ -153,14 +153,3 @@ class GUME(GeneralRecommender):
                                        self.item_id_embedding(neg))
         return bpr, align, um, reg
 
-    def full_sort_predict(self, interaction):
-        u_all, i_all = self.cached("forward", self.forward)
-        return u_all[interaction[0]] @ i_all.t()
-
-    def item_representations(self, kind: str = "final") -> torch.Tensor:
-        was = self.training
-        self.eval()
-        with torch.no_grad():
-            _, i_all = self.forward()
-        self.train(was)
-        return i_all

@@ -12,11 +12,11 @@ import torch.nn as nn
 from ..graphs import bipartite_adjacency, propagate, to_torch_sparse
 from ..losses import bpr_loss, emb_norm_reg
 from ..registry import register_model
-from .base import GeneralRecommender, inter_matrix_csr
+from .base import PairForwardRecommender, inter_matrix_csr
 
 
 @register_model
-class LightGCN(GeneralRecommender):
+class LightGCN(PairForwardRecommender):
     def __init__(self, config, dataloader):
         super().__init__(config, dataloader)
         dim = config["embedding_size"]
@@ -41,14 +41,3 @@ class LightGCN(GeneralRecommender):
         reg = emb_norm_reg(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg))
         return loss + self.reg_weight * reg
 
-    def full_sort_predict(self, interaction):
-        u_all, i_all = self.cached("forward", self.forward)
-        return u_all[interaction[0]] @ i_all.t()
-
-    def item_representations(self, kind: str = "final") -> torch.Tensor:
-        was = self.training
-        self.eval()
-        with torch.no_grad():
-            _, i_all = self.forward()
-        self.train(was)
-        return i_all
