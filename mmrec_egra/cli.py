@@ -10,7 +10,7 @@ import sys
 from typing import List, Optional
 
 from .config import parse_cli_overrides
-from .utils import MMRecError
+from .utils import MMRecError, report_interrupt
 
 
 def _run_parser(prog: str) -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def main_run(argv: Optional[List[str]] = None, prog: str = "main.py") -> int:
             raise MMRecError("--distributed and --ray do not combine: use torchrun for one run over several "
                              "processes, or --ray for many runs at once")
         if args.distributed:
-            from .distributed import run_distributed
+            from .runner import run_distributed
             run_distributed(args.model, args.dataset, overrides, resume=args.resume, save=not args.no_save)
         elif args.ray or args.ray_address:
             if args.no_save:
@@ -67,9 +67,7 @@ def main_run(argv: Optional[List[str]] = None, prog: str = "main.py") -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:   # trainer.RunInterrupted says what was saved and which signal
-        print(f"interrupted: {exc if str(exc) else 'rerun the same command with --resume to continue'}",
-              file=sys.stderr)
-        return 128 + getattr(exc, "signum", 2)
+        return report_interrupt(exc)
     return 0
 
 

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .config import parse_cli_overrides
-from .utils import MMRecError, atomic_write, get_logger, write_json
+from .utils import MMRecError, atomic_write, get_logger, report_interrupt, write_json
 
 REPORT_KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -258,6 +258,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except MMRecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:   # finished runs are saved; the stopped one resumes from last.pt
+        return report_interrupt(exc, " (compare itself needs no --resume: the same command reuses finished "
+                                     "runs and continues the stopped one)")
     return 0
 
 

@@ -224,6 +224,16 @@ def _check_number(key: str, value: Any, spec: tuple, origin: str) -> Any:
     return value
 
 
+def config_value(config, key: str, default: Any) -> Any:
+    """config[key], or `default` when the key is missing or None (0, False and [] are kept).
+
+    The one accessor models use: it works on our `Config`, on MMRec's Config (no `.get`)
+    and on plain dicts.
+    """
+    value = config[key] if not isinstance(config, dict) else config.get(key)
+    return default if value is None else value
+
+
 class Config:
     """Dict-like run configuration. `config['missing']` is None; `key in config` works."""
 
@@ -380,8 +390,7 @@ class Config:
         return iter(self.final_config_dict)
 
     def get(self, key: str, default: Any = None) -> Any:
-        v = self.final_config_dict.get(key)
-        return default if v is None else v
+        return config_value(self.final_config_dict, key, default)
 
     def items(self) -> Iterable:
         return self.final_config_dict.items()

@@ -32,16 +32,15 @@ early-stopping decisions without further messages. Only rank 0 writes files and 
 """
 from __future__ import annotations
 
-import logging
 import os
 import types
 from datetime import timedelta
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional
 
 import numpy as np
 import torch
 
-from .utils import MMRecError, get_logger
+from .utils import MMRecError
 
 _CURRENT: Optional["DistContext"] = None
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -185,33 +184,3 @@ def shutdown() -> None:
     _CURRENT = None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def run_distributed(model: str, dataset: str, overrides: Optional[Dict[str, Any]] = None,
-                    resume: bool = False, save: bool = True) -> Dict[str, Any]:
-    """`runner.run` as one rank of a torchrun job: rank 0 writes and logs, all ranks train."""
-    from .runner import run
-    if resume:
-        raise MMRecError("--resume is not supported with --distributed (every rank must take the same "
-                         "reuse/continue decision); rerun the interrupted grid without --distributed --resume, "
-                         "or start it afresh")
-    overrides = dict(overrides or {})
-    owns_group = current() is None       # a caller that set up the group keeps it for further runs
-    ctx = current() or init_from_env(overrides.get("device"))
-    log = get_logger()
-    level = log.level
-    try:
-        overrides["device"] = str(ctx.device)
-        if ctx.device.type == "cpu" and not overrides.get("threads"):
-            # the ranks share the machine's cores
-            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
-            overrides["threads"] = max(1, (os.cpu_count() or 1) // local_world)
-        if not ctx.is_main:
-            log.setLevel(logging.WARNING)
-            overrides["show_progress"] = False
-        log.info("distributed: %d processes (%s), global batch split across ranks", ctx.world_size, ctx.backend)
-        return run(model, dataset, overrides, resume=False, save=save and ctx.is_main)
-    finally:
-        log.setLevel(level)
-        if owns_group:
-            shutdown()

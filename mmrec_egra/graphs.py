@@ -1,7 +1,7 @@
 """Graph construction shared by every model: normalised adjacencies, blockwise kNN, edge pruning.
 
-All graphs are scipy.sparse CSR on the host side and become torch sparse tensors with
-`to_torch_sparse`. No function here materialises a dense items x items matrix: kNN is
+All graphs are scipy.sparse CSR on the host side and become `SparseMat` (the one sparse
+type: fast fixed products, differentiable values) with `SparseMat.of(graph, device)`. No function here materialises a dense items x items matrix: kNN is
 computed over bounded row blocks.
 """
 from __future__ import annotations
@@ -293,70 +293,10 @@ def degree_sensitive_prune(inter: sp.spmatrix, drop_ratio: float, rng: np.random
     return sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (R.row[keep], R.col[keep])), shape=R.shape)
 
 
-def to_torch_sparse(adj: sp.spmatrix, device: torch.device | str = "cpu") -> torch.Tensor:
-    """scipy sparse -> coalesced torch sparse COO float32 on `device`."""
-    coo = sp.coo_matrix(adj)
-    idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-    val = torch.from_numpy(coo.data.astype(np.float32))
-    return torch.sparse_coo_tensor(idx, val, coo.shape, device=device, check_invariants=False).coalesce()
-
-
-class _FixedSpMM(torch.autograd.Function):
-    """y = A x with dL/dx = A^T g, using a precomputed CSR transpose (no autograd on A)."""
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.a_t = a_t
-        return torch.sparse.mm(a, x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return None, None, torch.sparse.mm(ctx.a_t, grad)
-
-
-def spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Sparse (fixed) matrix times dense matrix, fast on CPU and CUDA.
-
-    torch's COO autograd re-coalesces A^T at every backward; here A and A^T are
-    converted to CSR once (memoised on the tensor object) and the backward is one CSR
-    product, about 4x faster on TikTok-sized graphs. Graphs whose values need gradients
-    (learned graphs) fall back to torch.sparse.mm.
-    """
-    if adj.requires_grad:
-        return torch.sparse.mm(adj, x)
-    fast = getattr(adj, "_mmrec_csr_pair", None)
-    if fast is None:
-        if adj.layout == torch.sparse_csr:
-            a = adj
-            a_t = adj.to_sparse_coo().t().coalesce().to_sparse_csr()
-        else:
-            a = adj.coalesce().to_sparse_csr()
-            a_t = adj.t().coalesce().to_sparse_csr()
-        fast = (a, a_t)
-        adj._mmrec_csr_pair = fast
-    if not x.requires_grad:
-        return torch.sparse.mm(fast[0], x)
-    return _FixedSpMM.apply(fast[0], fast[1], x)
-
-
-def propagate(adj, x: torch.Tensor, n_layers: int, mean: bool = True) -> torch.Tensor:
-    """LightGCN propagation: x, Ax, A^2x, ...; the mean (or sum) over layers 0..n_layers.
-
-    `adj`: a torch sparse tensor (multiplied with `spmm`), a `SparseMat` or a
-    `modules.SparseMatrix` (anything with `@`): the one propagation every model uses.
-    """
-    out = x
-    acc = x
-    for _ in range(n_layers):
-        out = spmm(adj, out) if isinstance(adj, torch.Tensor) else adj @ out
-        acc = acc + out
-    return acc / (n_layers + 1) if mean else acc
-
-
-# ---- torch sparse matrices with fast products and differentiable values ------------------
-# torch.sparse.mm on COO is slow on CPU (and its backward slower still: about 10x scipy on the
-# TikTok graph); CSR kernels are fast, and a fixed pattern lets us precompute the transpose
-# once so that the backward product is a CSR product too.
+# ---- the one sparse-matrix type: fast fixed products, differentiable values ---------------
+# torch.sparse.mm on COO is slow on CPU, and its backward re-coalesces A^T on every call
+# (about 10x scipy on the TikTok graph); CSR kernels are fast, and a fixed pattern lets the
+# transpose be computed once so that the backward product is a CSR product too.
 
 import warnings as _warnings
 
@@ -376,8 +316,22 @@ def _csr_mm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.addmm(out, a, x, beta=0.0, out=out)
 
 
+class _FixedSpMM(torch.autograd.Function):
+    """y = A x for a constant A; dL/dx = A^T g with the CSR of A^T built once."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.a_t = a_t
+        return _csr_mm(a, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return _csr_mm(ctx.a_t, grad.contiguous()), None, None
+
+
 class _SpMM(torch.autograd.Function):
-    """out = A x for A = SparseMat(values); gradients reach x (via A^T) and the values."""
+    """out = A x for A = SparseMat(values) with values requiring grad: gradients reach x
+    (via A^T) and the values."""
 
     @staticmethod
     def forward(ctx, values, x, mat):
@@ -405,15 +359,21 @@ class _SpMM(torch.autograd.Function):
 
 
 class SparseMat:
-    """A sparse [n, m] matrix (rows, cols, values) with fast, differentiable products.
+    """A sparse [n, m] matrix (rows, cols, values): the one sparse type of the package.
 
     Entries are kept sorted by (row, col) with duplicates summed (so the arrays are a valid
-    CSR). `values` may require grad (learned graphs): `mm` then back-propagates into them.
+    CSR). `A @ x` (or `A.mm(x)`) is differentiable in x; when `values` require grad
+    (learned graphs) it back-propagates into them too. For constant values (every fixed
+    graph) the CSR of A and of A^T are built once and reused, so a product and its backward
+    are single CSR kernels (`symmetric=True` promises A^T == A and skips the transpose).
     Summing duplicates uses a sort and segment sums, not atomics, so it is deterministic on
-    CUDA too. Nothing here is dense: memory is O(nnz).
+    CUDA too. Nothing here is dense: memory is O(nnz). Build with `SparseMat.of(anything
+    sparse, device)`; a SparseMat is a plain object, not a buffer: `model.to()` does not
+    move it, so models build it on their device.
     """
 
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape, coalesce: bool = True):
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape, coalesce: bool = True,
+                 symmetric: bool = False):
         n, m = int(shape[0]), int(shape[1])
         rows, cols = rows.long(), cols.long()
         if coalesce and rows.numel():
@@ -426,27 +386,48 @@ class SparseMat:
             rows, cols = uniq // m, uniq % m
         self.rows, self.cols, self.values = rows, cols, values
         self.shape = (n, m)
+        self.symmetric = bool(symmetric) and n == m
         self.crow = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
         self.crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
         self._t = None
+        self._fixed = None
 
-    @property
-    def nnz(self) -> int:
-        return int(self.rows.numel())
-
-    @property
-    def device(self) -> torch.device:
-        return self.values.device
-
+    # ---- construction ---------------------------------------------------------------
     @classmethod
-    def from_scipy(cls, adj: sp.spmatrix, device: torch.device | str = "cpu") -> "SparseMat":
+    def from_scipy(cls, adj: sp.spmatrix, device: torch.device | str = "cpu", symmetric: bool = False) -> "SparseMat":
         csr = sp.csr_matrix(adj, dtype=np.float32)
         csr.sum_duplicates()
         csr.sort_indices()
         rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
         t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a).astype(dt)).to(device)
-        return cls(t(rows, np.int64), t(csr.indices, np.int64), t(csr.data, np.float32), csr.shape, coalesce=False)
+        return cls(t(rows, np.int64), t(csr.indices, np.int64), t(csr.data, np.float32), csr.shape, coalesce=False,
+                   symmetric=symmetric)
 
+    @classmethod
+    def of(cls, adj, device: Optional[torch.device | str] = None, symmetric: bool = False) -> "SparseMat":
+        """Any sparse matrix (scipy, torch sparse COO/CSR, SparseMat) as a SparseMat on
+        `device` (default: where it is; CPU for scipy); no copy when it already is one there."""
+        if isinstance(adj, SparseMat):
+            if device is None or torch.device(device) == adj.device:
+                return adj
+            return cls.from_scipy(adj.to_scipy(), device, symmetric or adj.symmetric)
+        if isinstance(adj, torch.Tensor):
+            device = adj.device if device is None else device
+            adj = _torch_to_scipy(adj)
+        return cls.from_scipy(adj, "cpu" if device is None else device, symmetric)
+
+    def with_values(self, values: torch.Tensor) -> "SparseMat":
+        """Same pattern, new values (shares the index arrays and the cached transpose)."""
+        out = SparseMat.__new__(SparseMat)
+        out.rows, out.cols, out.values, out.shape, out.crow, out._t = \
+            self.rows, self.cols, values, self.shape, self.crow, self._t
+        out.symmetric, out._fixed = False, None
+        return out
+
+    def detach(self) -> "SparseMat":
+        return self.with_values(self.values.detach())
+
+    # ---- products -------------------------------------------------------------------
     def transpose_structure(self):
         """(perm, crow_t, col_t): CSR of A^T whose values are values[perm] (cached)."""
         if self._t is None:
@@ -457,23 +438,40 @@ class SparseMat:
             self._t = (perm, crow_t, self.rows[perm].contiguous())
         return self._t
 
-    def with_values(self, values: torch.Tensor) -> "SparseMat":
-        """Same pattern, new values (shares the index arrays and the cached transpose)."""
-        out = SparseMat.__new__(SparseMat)
-        out.rows, out.cols, out.values, out.shape, out.crow, out._t = \
-            self.rows, self.cols, values, self.shape, self.crow, self._t
-        return out
-
-    def detach(self) -> "SparseMat":
-        return self.with_values(self.values.detach())
+    def _fixed_csr(self):
+        """(A, A^T) as torch CSR tensors for constant values, built on first use."""
+        if self._fixed is None:
+            a = _csr(self.crow, self.cols, self.values, self.shape)
+            if self.symmetric:
+                a_t = a
+            else:
+                perm, crow_t, col_t = self.transpose_structure()
+                a_t = _csr(crow_t, col_t, self.values[perm].contiguous(), (self.shape[1], self.shape[0]))
+            self._fixed = (a, a_t)
+        return self._fixed
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:
-        """A @ x for dense x [m, d] (autograd through x and the values)."""
+        """A @ x for dense x [m, d] (autograd through x and, when they require grad, the values)."""
         if x.dtype != self.values.dtype:
             x = x.to(self.values.dtype)
-        return _SpMM.apply(self.values, x.contiguous(), self)
+        x = x.contiguous()
+        if self.values.requires_grad and torch.is_grad_enabled():
+            return _SpMM.apply(self.values, x, self)
+        a, a_t = self._fixed_csr()
+        if x.requires_grad and torch.is_grad_enabled():
+            return _FixedSpMM.apply(x, a, a_t)
+        return _csr_mm(a, x)
 
     __matmul__ = mm
+
+    # ---- properties and conversions -------------------------------------------------
+    @property
+    def nnz(self) -> int:
+        return int(self.rows.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
 
     def row_sums(self) -> torch.Tensor:
         return torch.zeros(self.shape[0], dtype=self.values.dtype, device=self.device).index_add(
@@ -503,6 +501,35 @@ class SparseMat:
     def to_scipy(self) -> sp.csr_matrix:
         v = self.values.detach().cpu().numpy()
         return sp.csr_matrix((v, (self.rows.cpu().numpy(), self.cols.cpu().numpy())), shape=self.shape)
+
+    def to_dense(self) -> torch.Tensor:
+        """Dense copy (tests and tiny graphs only)."""
+        return self.to_torch().to_dense()
+
+
+def _torch_to_scipy(t: torch.Tensor) -> sp.csr_matrix:
+    t = t.detach().cpu()
+    if t.layout == torch.sparse_csr:
+        return sp.csr_matrix((t.values().numpy(), t.col_indices().numpy(), t.crow_indices().numpy()),
+                             shape=tuple(t.shape))
+    if t.layout == torch.sparse_coo:
+        t = t.coalesce()
+        idx = t.indices().numpy()
+        return sp.csr_matrix((t.values().numpy(), (idx[0], idx[1])), shape=tuple(t.shape))
+    return sp.csr_matrix(t.numpy())
+
+
+def propagate(adj: SparseMat, x: torch.Tensor, n_layers: int, mean: bool = True) -> torch.Tensor:
+    """LightGCN propagation: x, Ax, A^2x, ...; the mean (or sum) over layers 0..n_layers."""
+    if not isinstance(adj, SparseMat):
+        raise TypeError(f"propagate needs a graphs.SparseMat, found {type(adj).__name__}: "
+                        f"wrap the graph once with SparseMat.of(adj, device)")
+    out = x
+    acc = x
+    for _ in range(n_layers):
+        out = adj @ out
+        acc = acc + out
+    return acc / (n_layers + 1) if mean else acc
 
 
 def knn_graph_torch(x: torch.Tensor, k: int, include_self: bool = True, block_rows: Optional[int] = None,

@@ -1,6 +1,8 @@
 """Loss functions shared by all models (defined once, reused everywhere)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -26,19 +28,6 @@ def emb_norm_reg(*embeddings: torch.Tensor) -> torch.Tensor:
     return sum(torch.linalg.vector_norm(e) for e in embeddings) / batch
 
 
-def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float,
-             reduction: str = "mean") -> torch.Tensor:
-    """In-batch InfoNCE on cosine similarities; row i of view1 is positive with row i of view2.
-
-    reduction 'none' returns the per-row losses (used by EGRA's entity weights).
-    """
-    z1 = F.normalize(view1, dim=-1)
-    z2 = F.normalize(view2, dim=-1)
-    logits = z1 @ z2.t() / temperature
-    labels = torch.arange(z1.shape[0], device=z1.device)
-    return F.cross_entropy(logits, labels, reduction=reduction)
-
-
 class _UnitInfoNCE(torch.autograd.Function):
     """Per-row InfoNCE of unit vectors z1, z2 (temperature t), with a hand-written backward.
 
@@ -62,8 +51,8 @@ class _UnitInfoNCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         if getattr(ctx, "consumed", False):
-            raise RuntimeError("info_nce_fast reuses its buffer in the backward: it cannot be "
-                               "differentiated twice (use info_nce with retain_graph)")
+            raise RuntimeError("the fused info_nce reuses its buffer in the backward: it cannot be "
+                               "differentiated twice (use info_nce(..., fused=False) with retain_graph)")
         ctx.consumed = True
         z1, z2, exp, denom = ctx.saved_tensors
         inv_t = ctx.inv_t
@@ -75,22 +64,32 @@ class _UnitInfoNCE(torch.autograd.Function):
         return g1, g2, None
 
 
-def info_nce_fast(view1: torch.Tensor, view2: torch.Tensor, temperature: float,
-                  reduction: str = "mean") -> torch.Tensor:
-    """Same value and gradients as `info_nce` (in-batch, cosine, positives on the diagonal),
-    computed with one [B, B] buffer and about a third of the memory passes.
+def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float, reduction: str = "mean",
+             fused: bool = True, positives: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """InfoNCE on cosine similarities: the one implementation every model uses.
 
-    Falls back to `info_nce` for temperatures below 0.05 (exp(+-1/t) near float32 limits).
+    In-batch (default): row i of view1 is positive with row i of view2, the other rows of
+    view2 are its negatives. With `positives` (a LongTensor [B]): view2 holds candidates
+    (e.g. all items) and row i of view1 is positive with view2[positives[i]].
+    `fused=True` (in-batch, temperature >= 0.05) computes the same value and gradients with
+    one [B, B] buffer and about a third of the memory passes (`_UnitInfoNCE`; it cannot be
+    differentiated twice); `fused=False` goes through autograd (log_softmax + nll).
+    reduction: 'mean' | 'sum' | 'none' (per-row losses, used by EGRA's entity weights).
     """
-    if temperature < 0.05:
-        return info_nce(view1, view2, temperature, reduction)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', found {reduction!r}")
+    if positives is not None:
+        # scale the [B, d] side, not the [B, N] logits
+        z1 = F.normalize(view1, dim=-1) / temperature
+        z2 = F.normalize(view2, dim=-1)
+        return F.cross_entropy(z1 @ z2.t(), positives, reduction=reduction)
     z1 = F.normalize(view1, dim=-1)
     z2 = F.normalize(view2, dim=-1)
+    if not fused or temperature < 0.05:      # exp(+-1/t) near float32 limits below 0.05
+        logits = z1 @ z2.t() / temperature
+        labels = torch.arange(z1.shape[0], device=z1.device)
+        return F.cross_entropy(logits, labels, reduction=reduction)
     loss = _UnitInfoNCE.apply(z1, z2, float(temperature))
     if reduction == "mean":
         return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "none":
-        return loss
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', found {reduction!r}")
+    return loss.sum() if reduction == "sum" else loss

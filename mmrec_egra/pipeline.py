@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
 
 from .artifacts import artifact_dir_for, content_key, open_store
 from .cache import array_digest
+from .fit import make_config, train_combination
 from .utils import MMRecError, get_logger, init_seed
 
 EXPORT_KINDS = ("final", "behaviour", "modality")
@@ -66,7 +67,6 @@ def teacher_config_for(config):
     """The teacher's configuration: its own yaml (first value of each grid key), the data
     settings of the EGRA run, the EGRA run's seed (or `teacher_seed`), then `teacher_config`
     overrides (a mapping in EGRA.yaml or on the command line)."""
-    from .runner import make_config
     keep = {k: config[k] for k in ("data_path", "checkpoint_dir", "show_progress", "device", "artifact_dir",
                                    "modalities", "vision_feature_file", "text_feature_file", "inter_file_name",
                                    "epochs", "stopping_step", "eval_batch_size", "train_batch_size",
@@ -116,7 +116,6 @@ def stage1(config, dataset, loaders) -> Tuple[np.ndarray, Dict[str, Any]]:
 
 def train_and_export(tcfg, dataset, loaders, kind: str) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Train `tcfg['model']` to early stopping, restore best-valid weights, export item vectors."""
-    from .runner import train_combination
     from .artifacts import content_key as ck
     tcfg["_combo_key"] = ck(_keyed_params(tcfg))
     t0 = time.time()

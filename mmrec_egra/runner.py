@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -29,16 +30,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-import torch
 
-from .config import Config, available_names
+from .artifacts import artifact_dir_for, open_store
+from .config import Config
 from .data import EvalDataLoader, build_loaders, load_dataset
-from .evaluation import TopKEvaluator, popularity_groups
-from .registry import canonical_name, get_model
+from .distributed import current, init_from_env, shutdown
+from .evaluation import TopKEvaluator
+from .fit import make_config, train_combination   # noqa: F401  (also the public entry points)
+from .pipeline import export_items, export_key
 from .report import after_combination, check_log_backend, final_table
-from .trainer import RunInterrupted, Trainer
-from .utils import (MMRecError, add_log_file, atomic_write, clean_stale_temps, get_logger, init_seed,
-                    resolve_device, write_json)
+from .trainer import RunInterrupted
+from .utils import MMRecError, add_log_file, atomic_write, clean_stale_temps, get_logger, write_json
 
 # Keys left out of a combination's identity (its folder name and checkpoint key): they do
 # not change what is learned (where files go, logging, evaluation batching, the device),
@@ -50,25 +52,6 @@ VOLATILE_KEYS = {"show_progress", "epochs", "checkpoint_dir", "save_model", "dev
                  "graph_cache", "export_item_embeddings", "threads", "grid", "eval_chunk_elems", "checkpoint_every"}
 RUN_OUTPUTS = ("result.json", "history.json", "history.jsonl", "last.pt", "best.pt", "topk.tsv",
                "item_embeddings.npy", "curves.png")
-
-
-def make_config(model: str, dataset: str, overrides: Optional[Dict[str, Any]] = None) -> Config:
-    """Resolve the model class name and dataset, then merge the configuration."""
-    cls = get_model(model)
-    config = Config(canonical_name(model), dataset, overrides, model_config_file=getattr(cls, "config_file", None),
-                    extra_keys=getattr(cls, "config_keys", ()))
-    if not config.dataset_config_found:
-        data_dir = Path(config["data_path"]) / dataset
-        if not data_dir.is_dir():
-            known = available_names(config.config_dir, "dataset")
-            raise MMRecError(f"unknown dataset '{dataset}': no configs/dataset/{dataset}.yaml and no folder "
-                             f"{data_dir}. Known datasets: {', '.join(known)}. Add a dataset yaml or point "
-                             f"--data_path at the folder holding '{dataset}/'.")
-        get_logger().warning("no configs/dataset/%s.yaml; using overall defaults for %s", dataset, data_dir)
-    if getattr(cls, "is_multimodal", False):
-        config["is_multimodal_model"] = True
-    config["device"] = resolve_device(config["device"])
-    return config
 
 
 def combo_prefix(combo: Dict[str, Any]) -> str:
@@ -198,8 +181,6 @@ def save_topk(model, dataset, config, path: Path, k: int) -> None:
 
 def export_combination(model, config: Config, dataset, run_dir: Optional[Path]) -> Dict[str, Any]:
     """--export_item_embeddings: best-valid item vectors to <combo>/item_embeddings.npy and the store."""
-    from .artifacts import artifact_dir_for, open_store
-    from .pipeline import export_items, export_key
     kind = str(config["teacher_embedding"] if config["teacher_embedding"] is not None else "final")
     emb = export_items(model, kind)
     key = export_key(dataset.content_hash(), config, kind)
@@ -214,32 +195,6 @@ def export_combination(model, config: Config, dataset, run_dir: Optional[Path]) 
     get_logger().info("exported %s item representations %s: %s (store key %s)", kind, emb.shape,
                       out.get("file", "(not saved to a file)"), key)
     return out
-
-
-def train_combination(config: Config, dataset, loaders, run_dir: Optional[Path], resume: bool = False,
-                      model_factory=None):
-    """Seed, build, fit one combination; returns (model, trainer, result dict)."""
-    train_loader, valid_loader, test_loader = loaders
-    seed = int(config["seed"])
-    if config["threads"]:
-        torch.set_num_threads(int(config["threads"]))
-    init_seed(seed, config["deterministic"] is not False)
-    train_loader.set_seed(seed)
-    cls = model_factory or get_model(config["model"])
-    prepare = getattr(cls, "prepare", None)
-    if prepare is not None:            # e.g. EGRA's stage 1 (teacher training / reuse)
-        prepare(config, dataset, loaders)
-        init_seed(seed, config["deterministic"] is not False)
-        train_loader.set_seed(seed)
-    model = cls(config, train_loader).to(config["device"])
-    trainer = Trainer(config, model, run_dir)
-    if config["longtail_eval"]:
-        ratio = config["longtail_head_ratio"]
-        trainer.item_groups = popularity_groups(dataset.item_popularity(), float(0.2 if ratio is None else ratio))
-    resume_path = run_dir / "last.pt" if (resume and run_dir is not None) else None
-    result = trainer.fit(train_loader, valid_loader, test_loader, resume_path=resume_path)
-    trainer.load_best()
-    return model, trainer, result
 
 
 def run(model: str, dataset: str, overrides: Optional[Dict[str, Any]] = None, resume: bool = False,
@@ -382,3 +337,32 @@ def write_summary(run_root: Path, summary: Dict[str, Any], config: Config) -> No
                     res.get("seconds_per_epoch"), r["index"] == summary["best_index"]] +
                    [res["best_valid"].get(k) for k in metric_keys] + [res["best_test"].get(k) for k in metric_keys])
     atomic_write(run_root / "summary.csv", lambda fh: fh.write(buf.getvalue()))
+
+
+def run_distributed(model: str, dataset: str, overrides: Optional[Dict[str, Any]] = None,
+                    resume: bool = False, save: bool = True) -> Dict[str, Any]:
+    """`runner.run` as one rank of a torchrun job: rank 0 writes and logs, all ranks train."""
+    if resume:
+        raise MMRecError("--resume is not supported with --distributed (every rank must take the same "
+                         "reuse/continue decision); rerun the interrupted grid without --distributed --resume, "
+                         "or start it afresh")
+    overrides = dict(overrides or {})
+    owns_group = current() is None       # a caller that set up the group keeps it for further runs
+    ctx = current() or init_from_env(overrides.get("device"))
+    log = get_logger()
+    level = log.level
+    try:
+        overrides["device"] = str(ctx.device)
+        if ctx.device.type == "cpu" and not overrides.get("threads"):
+            # the ranks share the machine's cores
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+            overrides["threads"] = max(1, (os.cpu_count() or 1) // local_world)
+        if not ctx.is_main:
+            log.setLevel(logging.WARNING)
+            overrides["show_progress"] = False
+        log.info("distributed: %d processes (%s), global batch split across ranks", ctx.world_size, ctx.backend)
+        return run(model, dataset, overrides, resume=False, save=save and ctx.is_main)
+    finally:
+        log.setLevel(level)
+        if owns_group:
+            shutdown()

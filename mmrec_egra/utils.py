@@ -220,3 +220,14 @@ def resolve_device(name: str | None) -> torch.device:
         get_logger().warning("device '%s' requested but CUDA is not available; using CPU", name)
         return torch.device("cpu")
     return dev
+
+
+def report_interrupt(exc: KeyboardInterrupt, note: str = "") -> int:
+    """One line on stderr for a stopped command (Ctrl-C, SIGTERM); the exit code 128 + signal.
+
+    trainer.RunInterrupted carries what was saved and the signal; a bare KeyboardInterrupt
+    (a second Ctrl-C) means the previous last.pt is what --resume continues from.
+    """
+    print(f"interrupted: {exc if str(exc) else 'rerun the same command with --resume to continue'}{note}",
+          file=sys.stderr)
+    return 128 + int(getattr(exc, "signum", 2))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmrec_egra import distributed
+from mmrec_egra import distributed, runner
 from mmrec_egra.utils import MMRecError
 
 LOSS_RTOL = 1e-4
@@ -39,7 +39,7 @@ def _ddp_worker(rank: int, world: int, port: int, demo_root: str, out: str) -> N
     distributed.init_from_env("cpu")
     try:
         for model, over in JOBS:
-            distributed.run_distributed(model, "demo", dict(_common(demo_root, Path(out)), **over))
+            runner.run_distributed(model, "demo", dict(_common(demo_root, Path(out)), **over))
     finally:
         distributed.shutdown()
 

@@ -6,8 +6,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from mmrec_egra.graphs import SparseMat
 from mmrec_egra.losses import bpr_loss, info_nce, l2_reg
-from mmrec_egra.modules import (ModalityBranch, SparseMatrix, modality_knn_graphs, normalized_interactions)
+from mmrec_egra.modules import (ModalityBranch, modality_knn_graphs, normalized_interactions)
 from model_checks import build, check_model, train_epochs
 
 # small batches keep the in-batch InfoNCE (quadratic in the batch) cheap on 2 CPU cores
@@ -29,8 +30,8 @@ def test_config_grid(demo_root):
 def test_knn_graph_structure_and_normalisation(make_env):
     config, ds, loaders, model = build(make_env, "MGCN", **FAST)
     k = 7
-    raw = modality_knn_graphs(model, k, weighted=True, include_self=True, norm="none", as_torch=False)
-    normed = modality_knn_graphs(model, k, weighted=True, include_self=True, norm="sym", as_torch=False)
+    raw = modality_knn_graphs(model, k, weighted=True, include_self=True, norm="none", on_device=False)
+    normed = modality_knn_graphs(model, k, weighted=True, include_self=True, norm="sym", on_device=False)
     assert list(raw) == list(model.mm_feats) == ["image", "text"]
     for name, S in raw.items():
         assert S.shape == (ds.n_items, ds.n_items)
@@ -45,11 +46,11 @@ def test_knn_graph_structure_and_normalisation(make_env):
         N = normed[name]
         assert N.nnz == S.nnz
         assert np.allclose(N[r, c].A1, S[r, c].A1 / np.sqrt(rs[r] * rs[c]), rtol=1e-5)
-    binary = modality_knn_graphs(model, k, weighted=False, norm="none", as_torch=False)["image"]
+    binary = modality_knn_graphs(model, k, weighted=False, norm="none", on_device=False)["image"]
     assert set(np.unique(binary.data)) == {1.0}
-    # the model's own graphs use knn_k with the torch conversion
+    # the model's own graphs use knn_k, as SparseMat on its device
     tg = modality_knn_graphs(model, config["knn_k"])
-    assert tg["image"].is_sparse and tg["image"].shape == (ds.n_items, ds.n_items)
+    assert isinstance(tg["image"], SparseMat) and tg["image"].shape == (ds.n_items, ds.n_items)
     dense = model.modality.item_graphs["image"].to_dense().numpy()
     assert np.allclose(dense, tg["image"].to_dense().numpy())
 
@@ -60,11 +61,11 @@ def test_graph_cache_is_reused(make_env, monkeypatch):
     calls = []
     real = modules.knn_graph
     monkeypatch.setattr(modules, "knn_graph", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    first = modality_knn_graphs(model, config["knn_k"], as_torch=False)     # built by the model: cached
+    first = modality_knn_graphs(model, config["knn_k"], on_device=False)     # built by the model: cached
     assert calls == []
-    modality_knn_graphs(model, 3, as_torch=False)                            # new parameter: rebuilt
+    modality_knn_graphs(model, 3, on_device=False)                            # new parameter: rebuilt
     assert len(calls) == 2                                                   # one per modality
-    again = modality_knn_graphs(model, config["knn_k"], as_torch=False)
+    again = modality_knn_graphs(model, config["knn_k"], on_device=False)
     assert len(calls) == 2 and (first["image"] != again["image"]).nnz == 0
 
 
@@ -126,21 +127,6 @@ def test_modality_branch_trainable_features():
     side, _ = branch(torch.randn(R.shape[1], dim), torch.randn(sum(R.shape), dim))
     side.sum().backward()
     assert branch.feat_0.grad is not None and branch.feat_1.grad.abs().sum() > 0
-
-
-def test_sparse_matrix_gradient_matches_dense():
-    rng = np.random.default_rng(1)
-    A = sp.random(20, 15, density=0.3, random_state=rng, format="csr", dtype=np.float32)
-    S = SparseMatrix(A)
-    x = torch.randn(15, 4, requires_grad=True)
-    xd = x.detach().clone().requires_grad_()
-    (S @ x).pow(2).sum().backward()
-    (torch.tensor(A.toarray()) @ xd).pow(2).sum().backward()
-    assert torch.allclose(x.grad, xd.grad, atol=1e-5)
-    assert np.allclose(S.to_scipy().toarray(), A.toarray())
-    from mmrec_egra.graphs import SparseMat                  # the other sparse wrapper is accepted
-    assert np.allclose(SparseMatrix(SparseMat.from_scipy(A)).to_dense().numpy(), A.toarray())
-    assert np.allclose(SparseMatrix(torch.tensor(A.toarray()).to_sparse()).to_dense().numpy(), A.toarray())
 
 
 def test_mgcn_loss_parts_and_gradients(make_env):
@@ -210,8 +196,7 @@ def test_mgcn_single_modality(make_env, demo_root):
 
 
 @pytest.mark.parametrize("reduction,temp", [("mean", 0.2), ("none", 0.5), ("sum", 1.0), ("mean", 0.01)])
-def test_info_nce_fast_matches_info_nce(reduction, temp):
-    from mmrec_egra.losses import info_nce_fast
+def test_fused_info_nce_matches_autograd_path(reduction, temp):
     torch.manual_seed(3)
     a = torch.randn(64, 16, requires_grad=True)
     b = torch.randn(64, 16)
@@ -219,11 +204,8 @@ def test_info_nce_fast_matches_info_nce(reduction, temp):
     b.requires_grad_()
     w = torch.rand(64)
     grads = []
-    for f in (info_nce, info_nce_fast):
-        if reduction == "sum" and f is info_nce:
-            out = info_nce(a, b, temp, reduction="none").sum()
-        else:
-            out = f(a, b, temp, reduction=reduction)
+    for fused in (False, True):
+        out = info_nce(a, b, temp, reduction=reduction, fused=fused)
         vals = out.detach()
         (out * w if reduction == "none" else out).sum().backward()
         grads.append((vals, a.grad.clone(), b.grad.clone()))

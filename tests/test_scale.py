@@ -193,9 +193,9 @@ def test_backend_is_part_of_the_graph_cache_key(tmp_path):
     x = _clustered(300, 8)
     assert knn_cache_params({"k": 5}, "exact") == {"k": 5}                   # exact keys predate backends
     assert knn_cache_params({"k": 5}, "faiss")["knn_backend"] == "faiss"
-    g_exact = modality_knn_graphs(_FakeModel(x, "exact", tmp_path), 5, as_torch=False)["text"]
-    g_auto = modality_knn_graphs(_FakeModel(x, "auto", tmp_path), 5, as_torch=False)["text"]   # small: exact
-    g_faiss = modality_knn_graphs(_FakeModel(x, "faiss", tmp_path), 5, as_torch=False)["text"]
+    g_exact = modality_knn_graphs(_FakeModel(x, "exact", tmp_path), 5, on_device=False)["text"]
+    g_auto = modality_knn_graphs(_FakeModel(x, "auto", tmp_path), 5, on_device=False)["text"]   # small: exact
+    g_faiss = modality_knn_graphs(_FakeModel(x, "faiss", tmp_path), 5, on_device=False)["text"]
     keys = [e["key"] for e in open_store(tmp_path).list() if "modality_knn" in e["key"]]
     assert len(keys) == 2                      # exact (reused by auto on a small catalog) and faiss
     assert [e["meta"]["params"].get("knn_backend") for e in open_store(tmp_path).list()

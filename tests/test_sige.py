@@ -123,8 +123,8 @@ def test_infused_graph_is_convex_mix_and_stays_normalised(make_env):
     config, ds, loaders, model = build(make_env, "SIGE", **dict(FAST, sige_alpha=alpha))
     R = _train_R(loaders)
     C = sige_mod.collaborative_item_graph(model, R, model.co_k, model.co_norm).astype(np.float64)
-    S_all = modality_knn_graphs(model, model.knn_k, weighted=True, include_self=True, norm="sym", as_torch=False)
-    S_raw = modality_knn_graphs(model, model.knn_k, weighted=True, include_self=True, norm="none", as_torch=False)
+    S_all = modality_knn_graphs(model, model.knn_k, weighted=True, include_self=True, norm="sym", on_device=False)
+    S_raw = modality_knn_graphs(model, model.knn_k, weighted=True, include_self=True, norm="none", on_device=False)
     C_raw = co_interaction_graph(R, model.co_k, model.co_norm, symmetric=True)
     assert abs(C - C.T).max() < 1e-6                                     # symmetric collaborative part
     assert _two_norm(C) <= 1 + 1e-6                                      # ... so its eigenvalues lie in [-1, 1]
@@ -156,7 +156,7 @@ def test_infused_graph_is_convex_mix_and_stays_normalised(make_env):
 def test_no_infusion_is_the_raw_semantic_graph(make_env, monkeypatch):
     monkeypatch.setattr(sige_mod, "co_interaction_graph", lambda *a, **kw: pytest.fail("C built at alpha 0"))
     config, ds, loaders, model = build(make_env, "SIGE", **dict(FAST, sige_alpha=0.0))
-    raw = modality_knn_graphs(model, model.knn_k, weighted=True, include_self=True, norm="sym", as_torch=False)
+    raw = modality_knn_graphs(model, model.knn_k, weighted=True, include_self=True, norm="sym", on_device=False)
     for name, S in raw.items():
         assert (model.item_graphs[name] != S).nnz == 0
 

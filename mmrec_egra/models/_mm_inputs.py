@@ -42,8 +42,3 @@ def feature_projections(model: nn.Module, dim: int, init: str = "default") -> nn
         layers[name] = lin
     return nn.ModuleDict(layers)
 
-
-def config_value(config, key: str, default):
-    """config[key] or `default` when the key is missing (None); 0 and False are kept."""
-    v = config[key]
-    return default if v is None else v

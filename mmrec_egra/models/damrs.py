@@ -46,12 +46,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graphs import bipartite_adjacency, propagate, row_normalize, sym_normalize
-from ..losses import info_nce_fast, l2_reg
-from ..modules import SparseMatrix
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, propagate, row_normalize, sym_normalize
+from ..losses import info_nce, l2_reg
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
+from ._mm_inputs import feature, feature_projections, setup_feature_inputs
 from .base import PairForwardRecommender, inter_matrix_csr
 
 
@@ -109,13 +109,13 @@ class DAMRS(PairForwardRecommender):
         self.projections = feature_projections(self, dim, init="xavier_normal")
 
         R = inter_matrix_csr(dataloader)
-        self.norm_adj = SparseMatrix(bipartite_adjacency(R), self.device, symmetric=True)
-        self.user_mean = SparseMatrix(row_normalize(R), self.device)
+        self.norm_adj = SparseMat.of(bipartite_adjacency(R), self.device, symmetric=True)
+        self.user_mean = SparseMat.of(row_normalize(R), self.device)
         raw = {n: f.detach().cpu() for n, f in self.mm_feats.items()}
         graph = self.graph_cache().get_or_build(
             "damrs_consistent_graph", {"knn_k": self.knn_k}, dict(raw),
             lambda: consistent_knn_graph(raw, self.knn_k))
-        self.item_graph = SparseMatrix(graph, self.device)
+        self.item_graph = SparseMat.of(graph, self.device)
 
     # ---- representations -------------------------------------------------------
     def behaviour(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -161,9 +161,9 @@ class DAMRS(PairForwardRecommender):
         if self.align_weight != 0:
             for zm, pm in zip(z, pref):
                 nb = self.item_graph @ zm
-                align = align + info_nce_fast(bu, pm.index_select(0, users), self.align_temp) \
-                    + info_nce_fast(bp, zm.index_select(0, pos), self.align_temp) \
-                    + self.graded_weight * info_nce_fast(bp, nb.index_select(0, pos), self.align_temp)
+                align = align + info_nce(bu, pm.index_select(0, users), self.align_temp) \
+                    + info_nce(bp, zm.index_select(0, pos), self.align_temp) \
+                    + self.graded_weight * info_nce(bp, nb.index_select(0, pos), self.align_temp)
             align = self.align_weight * align / len(self.names)
         reg = self.reg_weight * l2_reg(self.user_embedding(users), self.item_id_embedding(pos),
                                        self.item_id_embedding(neg))

@@ -32,10 +32,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import config_value
 from ..graphs import SparseMat, bipartite_adjacency, co_interaction_graph, propagate
 from ..losses import bpr_loss
 from ..registry import register_model
-from ._mm_inputs import config_value, feature, setup_feature_inputs
+from ._mm_inputs import feature, setup_feature_inputs
 from .base import PairForwardRecommender, inter_matrix_csr
 from .freedom import freedom_item_graph, freedom_modality_weights
 

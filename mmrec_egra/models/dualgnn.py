@@ -34,12 +34,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graphs import bipartite_adjacency, co_interaction_graph, propagate, row_normalize
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, co_interaction_graph, propagate, row_normalize
 from ..losses import bpr_loss, l2_reg
-from ..modules import SparseMatrix
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
+from ._mm_inputs import feature, feature_projections, setup_feature_inputs
 from .base import GeneralRecommender, inter_matrix_csr
 
 
@@ -78,10 +78,10 @@ class DualGNN(GeneralRecommender):
         self.fusion_logits = nn.Parameter(torch.zeros(self.n_users, len(self.names)))
 
         R = inter_matrix_csr(dataloader)
-        self.norm_adj = SparseMatrix(bipartite_adjacency(R), self.device, symmetric=True)
+        self.norm_adj = SparseMat.of(bipartite_adjacency(R), self.device, symmetric=True)
         G = self.graph_cache().get_or_build("user_cooccurrence", {"k": self.user_knn_k}, {"inter": R},
                                             lambda: user_cooccurrence_graph(R, self.user_knn_k))
-        self.user_graph = SparseMatrix(G, self.device)
+        self.user_graph = SparseMat.of(G, self.device)
 
     def modality_views(self):
         """[(u^m [U, d], i^m [I, d]) for each modality]."""

@@ -71,13 +71,14 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from ..graphs import bipartite_adjacency, knn_graph, sym_normalize, symmetrize, to_torch_sparse
-from ..losses import info_nce_fast
-from ..modules import SparseMatrix, modality_knn_graphs
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, knn_graph, sym_normalize, symmetrize
+from ..losses import info_nce
+from ..modules import modality_knn_graphs
 from ..registry import register_model
 from ..utils import MMRecError, get_logger
 from .base import inter_matrix_csr
-from .mgcn import MGCN, _cfg
+from .mgcn import MGCN
 
 GRAPH_SOURCES = ("teacher", "raw", "none")
 GRAPH_MERGES = ("joint", "separate")
@@ -164,13 +165,13 @@ def teacher_knn_graph(vectors, k: int, weighted: bool = True, include_self: bool
 
 def needs_teacher(config) -> bool:
     """True when this configuration reads teacher vectors (graph or modality side)."""
-    source = str(_cfg(config, "egra_graph_source", "teacher")).lower()
-    mod = str(_cfg(config, "egra_modality_graph", "raw")).lower()
+    source = str(config_value(config, "egra_graph_source", "teacher")).lower()
+    mod = str(config_value(config, "egra_modality_graph", "raw")).lower()
     return source == "teacher" or mod in ("teacher", "both")
 
 
 def _choice(config, key: str, default: str, allowed) -> str:
-    v = str(_cfg(config, key, default)).lower()
+    v = str(config_value(config, key, default)).lower()
     if v not in allowed:
         raise MMRecError(f"{key} must be one of {', '.join(allowed)}, found {config[key]!r}")
     return v
@@ -212,13 +213,13 @@ class EGRA(MGCN):
         self.weight_mode = _choice(config, "egra_weight_mode", "focus_misaligned", WEIGHT_MODES)
         self.schedule = _choice(config, "egra_schedule", "linear", SCHEDULES)
         self.schedule_unit = _choice(config, "egra_schedule_unit", "epoch", SCHEDULE_UNITS)
-        self.egra_k = int(_cfg(config, "egra_knn_k", 10))
+        self.egra_k = int(config_value(config, "egra_knn_k", 10))
         self.knn_weighted = config["egra_knn_weighted"] is not False
-        self.beta = float(_cfg(config, "egra_beta", 1.0))
-        self.weight_temp = float(_cfg(config, "egra_weight_temp", 0.2))
-        self.lam_min = float(_cfg(config, "egra_lambda_min", 0.001))
-        self.lam_max = float(_cfg(config, "egra_lambda_max", 0.01))
-        self.ramp = float(_cfg(config, "egra_ramp", 50))
+        self.beta = float(config_value(config, "egra_beta", 1.0))
+        self.weight_temp = float(config_value(config, "egra_weight_temp", 0.2))
+        self.lam_min = float(config_value(config, "egra_lambda_min", 0.001))
+        self.lam_max = float(config_value(config, "egra_lambda_max", 0.01))
+        self.ramp = float(config_value(config, "egra_ramp", 50))
         if self.egra_k < 1:
             raise MMRecError(f"egra_knn_k must be >= 1, found {self.egra_k}")
         if self.beta < 0:
@@ -246,7 +247,7 @@ class EGRA(MGCN):
         self.item_item: Optional[sp.csr_matrix] = self._behaviour_item_graph()
         if self.item_item is not None:
             adj = bipartite_adjacency(R, self.item_item, beta=self.beta, merge=self.graph_merge)
-            self.norm_adj = SparseMatrix(adj, self.device, symmetric=True)
+            self.norm_adj = SparseMat.of(adj, self.device, symmetric=True)
         if self.modality_graph != "raw":
             self.modality.set_item_graphs(self._modality_item_graphs())
 
@@ -269,7 +270,7 @@ class EGRA(MGCN):
                                                                            self.knn_weighted), "max"))
         # raw: the per-modality raw-feature graphs (each cached) averaged, clamped, symmetrised
         raw = modality_knn_graphs(self, self.egra_k, weighted=self.knn_weighted, include_self=False,
-                                  norm="none", as_torch=False)
+                                  norm="none", on_device=False)
         mean = sum(raw.values()) / len(raw)
         mean = sp.csr_matrix(mean, dtype=np.float32)
         np.maximum(mean.data, 0.0, out=mean.data)
@@ -283,10 +284,10 @@ class EGRA(MGCN):
             "egra_teacher_modality_graph", params, {"teacher": self.teacher},
             lambda: teacher_knn_graph(self.teacher, self.knn_k, weighted=True, include_self=True))
         if self.modality_graph == "teacher":
-            g = to_torch_sparse(sym_normalize(teacher_graph), self.device)
+            g = SparseMat.of(sym_normalize(teacher_graph), self.device)
             return {name: g for name in self.modality.names}
-        raw = modality_knn_graphs(self, self.knn_k, weighted=True, include_self=True, norm="none", as_torch=False)
-        return {name: to_torch_sparse(sym_normalize(0.5 * (raw[name] + teacher_graph)), self.device)
+        raw = modality_knn_graphs(self, self.knn_k, weighted=True, include_self=True, norm="none", on_device=False)
+        return {name: SparseMat.of(sym_normalize(0.5 * (raw[name] + teacher_graph)), self.device)
                 for name in self.modality.names}
 
     # ---- schedule ------------------------------------------------------------
@@ -337,7 +338,7 @@ class EGRA(MGCN):
         w_i = entity_weights(a_i, self.weight_mode, self.weight_temp)
         # same values and gradients as losses.info_nce, with one [B, B] buffer (the in-batch
         # loss dominates the step on CPU)
-        l_u = info_nce_fast(s_u, b_u, self.cl_temp, reduction="none")
-        l_i = info_nce_fast(s_i, b_i, self.cl_temp, reduction="none")
+        l_u = info_nce(s_u, b_u, self.cl_temp, reduction="none")
+        l_i = info_nce(s_i, b_i, self.cl_temp, reduction="none")
         align = lam * ((w_i * l_i).mean() + (w_u * l_u).mean())
         return bpr, reg, align

@@ -32,11 +32,12 @@ import scipy.sparse as sp
 import torch
 import torch.nn as nn
 
+from ..config import config_value
 from ..graphs import (SparseMat, bipartite_adjacency, degree_sensitive_prune, knn_graph, propagate,
                       sym_normalize)
 from ..losses import bpr_loss
 from ..registry import register_model
-from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
+from ._mm_inputs import feature, feature_projections, setup_feature_inputs
 from .base import GeneralRecommender, inter_matrix_csr
 
 

@@ -43,12 +43,12 @@ import scipy.sparse as sp
 import torch
 import torch.nn as nn
 
-from ..graphs import bipartite_adjacency, knn_graph, propagate, row_normalize, sym_normalize
-from ..losses import bpr_loss, info_nce_fast, l2_reg
-from ..modules import SparseMatrix
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, knn_graph, propagate, row_normalize, sym_normalize
+from ..losses import bpr_loss, info_nce, l2_reg
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
+from ._mm_inputs import feature, feature_projections, setup_feature_inputs
 from .base import PairForwardRecommender, inter_matrix_csr
 
 
@@ -97,10 +97,10 @@ class GUME(PairForwardRecommender):
             knn.append(cache.get_or_build("gume_knn", {"k": self.knn_k}, {"features": x},
                                           lambda x=x: knn_graph(x, self.knn_k, weighted=False, include_self=False)))
         self.item_item = modality_vote_graph(knn)
-        self.enhanced_adj = SparseMatrix(bipartite_adjacency(R, self.item_item, beta=self.graph_beta), self.device,
+        self.enhanced_adj = SparseMat.of(bipartite_adjacency(R, self.item_item, beta=self.graph_beta), self.device,
                                          symmetric=True)
-        self.modality_graphs = [SparseMatrix(sym_normalize(g), self.device) for g in knn]
-        self.user_mean = SparseMatrix(row_normalize(R), self.device)
+        self.modality_graphs = [SparseMat.of(sym_normalize(g), self.device) for g in knn]
+        self.user_mean = SparseMat.of(row_normalize(R), self.device)
 
     # ---- representations -------------------------------------------------------
     def behaviour(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -140,13 +140,13 @@ class GUME(PairForwardRecommender):
         if self.align_weight != 0:
             pairs = list(combinations(range(len(items)), 2))
             if pairs:
-                align = sum(info_nce_fast(items[a].index_select(0, pos), items[c].index_select(0, pos), self.cl_temp)
+                align = sum(info_nce(items[a].index_select(0, pos), items[c].index_select(0, pos), self.cl_temp)
                             for a, c in pairs) / len(pairs)
-            align = align + info_nce_fast(i_mean.index_select(0, pos), b_i.index_select(0, pos), self.cl_temp)
+            align = align + info_nce(i_mean.index_select(0, pos), b_i.index_select(0, pos), self.cl_temp)
             align = self.align_weight * align
         um = bpr.new_zeros(())
         if self.um_weight != 0:
-            um = sum(info_nce_fast(e.index_select(0, users), x.index_select(0, users), self.cl_temp)
+            um = sum(info_nce(e.index_select(0, users), x.index_select(0, users), self.cl_temp)
                      for e, x in zip(explicit, extended)) / len(explicit)
             um = self.um_weight * um
         reg = self.reg_weight * l2_reg(self.user_embedding(users), self.item_id_embedding(pos),

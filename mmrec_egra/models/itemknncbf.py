@@ -26,11 +26,10 @@ import scipy.sparse as sp
 import torch
 import torch.nn as nn
 
-from ..graphs import to_torch_sparse
-from ..modules import SparseMatrix
+from ..config import config_value
+from ..graphs import SparseMat
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value
 from .base import GeneralRecommender, inter_matrix_csr
 
 
@@ -88,8 +87,8 @@ class ItemKNNCBF(GeneralRecommender):
                                             lambda: shrunk_cosine_knn(content, self.knn_k, self.shrink))
         self.W = W
         # scores_b = (W^T R_b^T)^T: one sparse product per evaluation batch
-        self.W_t = SparseMatrix(sp.csr_matrix(W.T), self.device)
-        self.R = to_torch_sparse(inter_matrix_csr(dataloader), self.device)
+        self.W_t = SparseMat.of(sp.csr_matrix(W.T), self.device)
+        self.R = SparseMat.of(inter_matrix_csr(dataloader), self.device).to_torch()   # row slices below
 
     def content(self) -> torch.Tensor:
         """[n_items, sum d_m] on CPU: the modalities concatenated (each unit-norm if feature_norm l2)."""

@@ -38,11 +38,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import config_value
 from ..graphs import SparseMat, bipartite_adjacency, knn_graph, knn_graph_torch, propagate, sym_normalize
 from ..losses import bpr_loss, l2_reg
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
+from ._mm_inputs import feature, feature_projections, setup_feature_inputs
 from .base import GeneralRecommender, inter_matrix_csr
 
 

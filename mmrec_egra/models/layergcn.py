@@ -29,10 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import config_value
 from ..graphs import SparseMat, bipartite_adjacency, degree_sensitive_prune
 from ..losses import bpr_loss, emb_norm_reg
 from ..registry import register_model
-from ._mm_inputs import config_value
 from .base import GeneralRecommender, inter_matrix_csr
 
 

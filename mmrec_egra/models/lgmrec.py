@@ -55,26 +55,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graphs import bipartite_adjacency, propagate, row_normalize, spmm, to_torch_sparse
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, propagate, row_normalize
 from ..losses import bpr_loss, info_nce, emb_norm_reg
 from ..registry import register_model
 from ..utils import MMRecError
 from .base import GeneralRecommender, inter_matrix_csr
 
-
-def _cfg(config, key: str, default):
-    """config[key] with a default for a missing (None) key."""
-    value = config[key]
-    return default if value is None else value
-
-
-def _info_nce_vs_all(anchor: torch.Tensor, index: torch.Tensor, candidates: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
-    """Summed InfoNCE of `anchor` rows against ALL rows of `candidates`; the positive of
-    anchor k is candidates[index[k]] (MMRec's "all" scope)."""
-    z1 = F.normalize(anchor, dim=-1) / temperature   # scale the [B, d] side, not the [B, N] logits
-    z2 = F.normalize(candidates, dim=-1)
-    return F.cross_entropy(z1 @ z2.t(), index, reduction="sum")
 
 
 #: widest modality whose propagated feature basis is precomputed (see LGMRec.__init__)
@@ -88,28 +75,28 @@ class LGMRec(GeneralRecommender):
     def __init__(self, config, dataloader):
         super().__init__(config, dataloader)
         dim = int(config["embedding_size"])
-        self.n_ui_layers = int(_cfg(config, "n_ui_layers", 2))
-        self.n_mm_layers = int(_cfg(config, "n_mm_layers", 2))
-        self.n_hyper_layer = int(_cfg(config, "n_hyper_layer", 1))
-        self.hyper_num = int(_cfg(config, "hyper_num", 4))
-        self.keep_rate = float(_cfg(config, "keep_rate", 0.5))
-        self.alpha = float(_cfg(config, "alpha", 0.3))
-        self.cl_weight = float(_cfg(config, "cl_weight", 1e-4))
-        self.reg_weight = float(_cfg(config, "reg_weight", 1e-6))
-        self.tau = float(_cfg(config, "tau", 0.2))
-        self.cl_scope = str(_cfg(config, "lgmrec_cl_scope", "batch")).lower()
+        self.n_ui_layers = int(config_value(config, "n_ui_layers", 2))
+        self.n_mm_layers = int(config_value(config, "n_mm_layers", 2))
+        self.n_hyper_layer = int(config_value(config, "n_hyper_layer", 1))
+        self.hyper_num = int(config_value(config, "hyper_num", 4))
+        self.keep_rate = float(config_value(config, "keep_rate", 0.5))
+        self.alpha = float(config_value(config, "alpha", 0.3))
+        self.cl_weight = float(config_value(config, "cl_weight", 1e-4))
+        self.reg_weight = float(config_value(config, "reg_weight", 1e-6))
+        self.tau = float(config_value(config, "tau", 0.2))
+        self.cl_scope = str(config_value(config, "lgmrec_cl_scope", "batch")).lower()
         if self.cl_scope not in ("batch", "all"):
             raise MMRecError(f"lgmrec_cl_scope must be 'batch' or 'all', found {self.cl_scope!r}")
         if self.n_hyper_layer < 1 or self.hyper_num < 1:
             raise MMRecError("LGMRec needs n_hyper_layer >= 1 and hyper_num >= 1")
         if not 0.0 < self.keep_rate <= 1.0:
             raise MMRecError(f"keep_rate must be in (0, 1], found {self.keep_rate}")
-        freeze = bool(_cfg(config, "freeze_features", False))   # MMRec: trainable tables
+        freeze = bool(config_value(config, "freeze_features", False))   # MMRec: trainable tables
 
         R = inter_matrix_csr(dataloader)
-        self.norm_adj = to_torch_sparse(bipartite_adjacency(R), self.device)
+        self.norm_adj = SparseMat.of(bipartite_adjacency(R), self.device)
         # users' modality embeddings / memberships = mean over their training items
-        self.r_mean = to_torch_sparse(row_normalize(R), self.device)
+        self.r_mean = SparseMat.of(row_normalize(R), self.device)
 
         self.user_embedding = nn.Embedding(self.n_users, dim)
         self.item_embedding = nn.Embedding(self.n_items, dim)
@@ -151,9 +138,9 @@ class LGMRec(GeneralRecommender):
 
     def _propagate_local(self, items: torch.Tensor) -> torch.Tensor:
         """[users = mean of their items; items] propagated n_mm_layers on A_ui (last layer)."""
-        x = torch.cat([spmm(self.r_mean, items), items], dim=0)
+        x = torch.cat([self.r_mean @ items, items], dim=0)
         for _ in range(self.n_mm_layers):
-            x = spmm(self.norm_adj, x)
+            x = self.norm_adj @ x
         return x
 
     def local_modality(self, name: str) -> torch.Tensor:
@@ -174,7 +161,7 @@ class LGMRec(GeneralRecommender):
             h_item = F.gumbel_softmax(logits, tau=self.tau, hard=False, dim=1)
         else:
             h_item = torch.softmax(logits / self.tau, dim=1)
-        return h_item, spmm(self.r_mean, h_item)
+        return h_item, self.r_mean @ h_item
 
     def hyper_propagate(self, h_item: torch.Tensor, h_user: torch.Tensor,
                         item_emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -218,9 +205,10 @@ class LGMRec(GeneralRecommender):
             # unique anchors: a duplicated id would be its own false negative in-batch
             uniq = torch.unique(ids)
             total = sum(info_nce(embs[a].index_select(0, uniq), embs[b].index_select(0, uniq), self.tau,
-                                 reduction="sum") for a, b in pairs)
+                                 reduction="sum", fused=False) for a, b in pairs)
         else:
-            total = sum(_info_nce_vs_all(embs[a].index_select(0, ids), ids, embs[b], self.tau) for a, b in pairs)
+            total = sum(info_nce(embs[a].index_select(0, ids), embs[b], self.tau, reduction="sum", positives=ids)
+                        for a, b in pairs)
         return total / len(pairs)
 
     def calculate_loss(self, interaction):

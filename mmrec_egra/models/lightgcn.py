@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..graphs import bipartite_adjacency, propagate, to_torch_sparse
+from ..graphs import SparseMat, bipartite_adjacency, propagate
 from ..losses import bpr_loss, emb_norm_reg
 from ..registry import register_model
 from .base import PairForwardRecommender, inter_matrix_csr
@@ -26,7 +26,7 @@ class LightGCN(PairForwardRecommender):
         self.item_embedding = nn.Embedding(self.n_items, dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        self.norm_adj = to_torch_sparse(bipartite_adjacency(inter_matrix_csr(dataloader)), self.device)
+        self.norm_adj = SparseMat.of(bipartite_adjacency(inter_matrix_csr(dataloader)), self.device)
 
     def forward(self):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)

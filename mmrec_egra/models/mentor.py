@@ -46,12 +46,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graphs import bipartite_adjacency, propagate
-from ..losses import bpr_loss, info_nce_fast, l2_reg
-from ..modules import SparseMatrix, modality_knn_graphs
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, propagate
+from ..losses import bpr_loss, info_nce, l2_reg
+from ..modules import modality_knn_graphs
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
+from ._mm_inputs import feature, feature_projections, setup_feature_inputs
 from .base import GeneralRecommender, inter_matrix_csr
 from .freedom import freedom_modality_weights
 
@@ -109,18 +110,18 @@ class MENTOR(GeneralRecommender):
             nn.init.xavier_uniform_(p)
             self.user_modal[str(m)] = p            # indexed by position: names need not be identifiers
 
-        self.norm_adj = SparseMatrix(bipartite_adjacency(inter_matrix_csr(dataloader)), self.device, symmetric=True)
-        graphs = modality_knn_graphs(self, self.knn_k, weighted=False, include_self=True, norm="sym", as_torch=False)
+        self.norm_adj = SparseMat.of(bipartite_adjacency(inter_matrix_csr(dataloader)), self.device, symmetric=True)
+        graphs = modality_knn_graphs(self, self.knn_k, weighted=False, include_self=True, norm="sym", on_device=False)
         self.modality_weights = freedom_modality_weights(self.names, self.image_weight)
         fused = None
         for name, g in graphs.items():
             fused = g * self.modality_weights[name] if fused is None else fused + g * self.modality_weights[name]
-        self.item_graphs: Dict[str, SparseMatrix] = OrderedDict(
-            (name, SparseMatrix(g, self.device)) for name, g in graphs.items())
-        self.fused_graph = SparseMatrix(fused, self.device)
+        self.item_graphs: Dict[str, SparseMat] = OrderedDict(
+            (name, SparseMat.of(g, self.device)) for name, g in graphs.items())
+        self.fused_graph = SparseMat.of(fused, self.device)
 
     # ---- views ---------------------------------------------------------------
-    def _item_graph_part(self, graph: SparseMatrix, x: torch.Tensor) -> torch.Tensor:
+    def _item_graph_part(self, graph: SparseMat, x: torch.Tensor) -> torch.Tensor:
         for _ in range(self.n_layers):
             x = graph @ x
         return x
@@ -184,11 +185,11 @@ class MENTOR(GeneralRecommender):
                 x = sel(feature(self, name), pos)
                 v1 = self.projections[name](F.dropout(x, self.mask_ratio, training=True))
                 v2 = self.projections[name](F.dropout(x, self.mask_ratio, training=True))
-                cl = cl + info_nce_fast(v1, v2, self.cl_temp)
+                cl = cl + info_nce(v1, v2, self.cl_temp)
             u1, i1 = self._lgn(self.user_embedding.weight, self.item_embedding.weight, self.noise_eps)
             u2, i2 = self._lgn(self.user_embedding.weight, self.item_embedding.weight, self.noise_eps)
-            cl = cl + info_nce_fast(sel(u1, users), sel(u2, users), self.cl_temp)
-            cl = cl + info_nce_fast(sel(i1, pos), sel(i2, pos), self.cl_temp)
+            cl = cl + info_nce(sel(u1, users), sel(u2, users), self.cl_temp)
+            cl = cl + info_nce(sel(i1, pos), sel(i2, pos), self.cl_temp)
             loss = loss + self.cl_weight * cl
         return loss
 

@@ -27,17 +27,14 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from ..graphs import bipartite_adjacency, propagate
-from ..losses import bpr_loss, info_nce_fast, l2_reg
-from ..modules import ModalityBranch, SparseMatrix, modality_knn_graphs, normalized_interactions
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, propagate
+from ..losses import bpr_loss, info_nce, l2_reg
+from ..modules import ModalityBranch, modality_knn_graphs, normalized_interactions
 from ..registry import register_model
 from ..utils import MMRecError
 from .base import GeneralRecommender, inter_matrix_csr
 
-
-def _cfg(config, key: str, default):
-    v = config[key]
-    return default if v is None else v
 
 
 @register_model
@@ -46,13 +43,13 @@ class MGCN(GeneralRecommender):
 
     def __init__(self, config, dataloader):
         super().__init__(config, dataloader)
-        dim = int(_cfg(config, "embedding_size", 64))
-        self.n_ui_layers = int(_cfg(config, "n_ui_layers", 2))
-        self.n_layers = int(_cfg(config, "n_layers", 1))
-        self.knn_k = int(_cfg(config, "knn_k", 10))
-        self.reg_weight = float(_cfg(config, "reg_weight", 1e-4))
-        self.cl_weight = float(_cfg(config, "cl_loss", 0.01))
-        self.cl_temp = float(_cfg(config, "cl_temp", 0.2))
+        dim = int(config_value(config, "embedding_size", 64))
+        self.n_ui_layers = int(config_value(config, "n_ui_layers", 2))
+        self.n_layers = int(config_value(config, "n_layers", 1))
+        self.knn_k = int(config_value(config, "knn_k", 10))
+        self.reg_weight = float(config_value(config, "reg_weight", 1e-4))
+        self.cl_weight = float(config_value(config, "cl_loss", 0.01))
+        self.cl_temp = float(config_value(config, "cl_temp", 0.2))
         if self.cl_temp <= 0:
             raise MMRecError(f"cl_temp must be positive, found {self.cl_temp}")
 
@@ -62,7 +59,7 @@ class MGCN(GeneralRecommender):
         nn.init.xavier_uniform_(self.item_id_embedding.weight)
 
         R = inter_matrix_csr(dataloader)
-        self.norm_adj = SparseMatrix(bipartite_adjacency(R), self.device, symmetric=True)
+        self.norm_adj = SparseMat.of(bipartite_adjacency(R), self.device, symmetric=True)
         self.modality = ModalityBranch(self.mm_feats, self.build_item_graphs(R), normalized_interactions(R), dim,
                                        n_layers=self.n_layers,
                                        freeze_features=config["freeze_features"] is not False)
@@ -111,8 +108,8 @@ class MGCN(GeneralRecommender):
         beh, side = beh_u.index_select(0, inverse), side_u.index_select(0, inverse)
         bpr, reg = self.bpr_and_reg(beh + side, b)
         if self.cl_weight != 0:
-            cl = info_nce_fast(side[b:2 * b], beh[b:2 * b], self.cl_temp) + \
-                 info_nce_fast(side[:b], beh[:b], self.cl_temp)
+            cl = info_nce(side[b:2 * b], beh[b:2 * b], self.cl_temp) + \
+                 info_nce(side[:b], beh[:b], self.cl_temp)
             cl = self.cl_weight * cl
         else:  # skip the contrastive work when it has no weight
             cl = bpr.new_zeros(())

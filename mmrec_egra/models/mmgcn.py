@@ -28,12 +28,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graphs import bipartite_adjacency, row_normalize, sym_normalize
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, row_normalize, sym_normalize
 from ..losses import bpr_loss, l2_reg
-from ..modules import SparseMatrix
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value, feature, setup_feature_inputs
+from ._mm_inputs import feature, setup_feature_inputs
 from .base import GeneralRecommender, inter_matrix_csr
 
 
@@ -63,7 +63,7 @@ class _ModalityGCN(nn.Module):
         for lin in [*self.agg, *self.self_lin, *self.comb]:
             nn.init.xavier_normal_(lin.weight)
 
-    def forward(self, adj: SparseMatrix, feats: torch.Tensor, id_emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, adj: SparseMat, feats: torch.Tensor, id_emb: torch.Tensor) -> torch.Tensor:
         items = F.leaky_relu(self.project(feats))
         x = F.normalize(torch.cat([self.preference, items], dim=0), dim=1)
         for agg, self_lin, comb in zip(self.agg, self.self_lin, self.comb):
@@ -92,7 +92,7 @@ class MMGCN(GeneralRecommender):
         self.gcns = nn.ModuleDict({n: _ModalityGCN(self.n_users, f.shape[1], dim, self.n_layers)
                                    for n, f in self.mm_feats.items()})
         R = inter_matrix_csr(dataloader)
-        self.adj = SparseMatrix(mmgcn_aggregation_graph(R, self.aggregation), self.device,
+        self.adj = SparseMat.of(mmgcn_aggregation_graph(R, self.aggregation), self.device,
                                 symmetric=self.aggregation == "sym")
 
     def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:

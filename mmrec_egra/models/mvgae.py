@@ -36,12 +36,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graphs import bipartite_adjacency, sym_normalize
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, sym_normalize
 from ..losses import bpr_loss, l2_reg
-from ..modules import SparseMatrix
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
+from ._mm_inputs import feature, feature_projections, setup_feature_inputs
 from .base import GeneralRecommender, inter_matrix_csr
 
 LOGVAR_CLAMP = 10.0
@@ -73,7 +73,7 @@ class _VariationalGCN(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
         nn.init.constant_(self.logvar.bias, init_logvar)
 
-    def forward(self, adj: SparseMatrix, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, adj: SparseMat, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         h = x
         for lin in self.hidden:
             h = F.leaky_relu(adj @ lin(h))
@@ -115,7 +115,7 @@ class MVGAE(GeneralRecommender):
             self.id_embedding = nn.Parameter(torch.empty(self.n_users + self.n_items, dim))
             nn.init.xavier_uniform_(self.id_embedding)
             self.id_encoder = _VariationalGCN(dim, self.n_layers, init_logvar)
-        self.adj = SparseMatrix(mvgae_adjacency(inter_matrix_csr(dataloader)), self.device, symmetric=True)
+        self.adj = SparseMat.of(mvgae_adjacency(inter_matrix_csr(dataloader)), self.device, symmetric=True)
 
     def experts(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """(mus, logvars) of every expert, each [U+I, d] (modalities first, then the ID expert)."""

@@ -39,12 +39,12 @@ import scipy.sparse.linalg as spla
 import torch
 import torch.nn as nn
 
+from ..config import config_value
 from ..graphs import SparseMat, bipartite_adjacency, propagate
 from ..losses import bpr_loss, l2_reg
 from ..modules import normalized_interactions
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value
 from .base import GeneralRecommender, inter_matrix_csr
 from .freedom import freedom_item_graph, freedom_modality_weights
 

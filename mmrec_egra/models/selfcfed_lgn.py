@@ -27,12 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graphs import bipartite_adjacency, propagate
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, propagate
 from ..losses import emb_norm_reg
-from ..modules import SparseMatrix
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value
 from .base import GeneralRecommender, inter_matrix_csr
 
 
@@ -59,7 +58,7 @@ class SELFCFED_LGN(GeneralRecommender):
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
         self.predictor = nn.Linear(dim, dim)
-        self.norm_adj = SparseMatrix(bipartite_adjacency(inter_matrix_csr(dataloader)), self.device, symmetric=True)
+        self.norm_adj = SparseMat.of(bipartite_adjacency(inter_matrix_csr(dataloader)), self.device, symmetric=True)
 
     def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Online encoder output (users, items)."""

@@ -49,6 +49,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..config import config_value
 from ..graphs import co_interaction_graph, sym_normalize
 from ..losses import info_nce
 from ..modules import modality_knn_graphs
@@ -57,10 +58,6 @@ from ..utils import MMRecError
 from .base import GeneralRecommender
 from .mgcn import MGCN
 
-
-def _cfg(config, key: str, default):
-    v = config[key]
-    return default if v is None else v
 
 
 def modulus_perturb(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -109,13 +106,13 @@ class SIGE(MGCN):
 
     def __init__(self, config, dataloader):
         super().__init__(config, dataloader)      # calls build_item_graphs below
-        self.eps = float(_cfg(config, "sige_eps", 0.1))
-        self.perturb_on = str(_cfg(config, "sige_perturb_on", "semantic"))
-        self.lambda_p = float(_cfg(config, "sige_lambda_p", 0.01))
-        self.lambda_a = float(_cfg(config, "sige_lambda_a", 0.001))
-        self.lambda_c = float(_cfg(config, "sige_lambda_c", 0.001))
-        self.anchor_stopgrad = bool(_cfg(config, "sige_anchor_stopgrad", False))
-        self.cl_batch = int(_cfg(config, "sige_cl_batch", 1024))
+        self.eps = float(config_value(config, "sige_eps", 0.1))
+        self.perturb_on = str(config_value(config, "sige_perturb_on", "semantic"))
+        self.lambda_p = float(config_value(config, "sige_lambda_p", 0.01))
+        self.lambda_a = float(config_value(config, "sige_lambda_a", 0.001))
+        self.lambda_c = float(config_value(config, "sige_lambda_c", 0.001))
+        self.anchor_stopgrad = bool(config_value(config, "sige_anchor_stopgrad", False))
+        self.cl_batch = int(config_value(config, "sige_cl_batch", 1024))
         if self.eps < 0:
             raise MMRecError(f"sige_eps must be >= 0, found {self.eps}")
         if self.perturb_on not in ("semantic", "both"):
@@ -130,11 +127,11 @@ class SIGE(MGCN):
         Runs inside MGCN's constructor, so it reads its own keys here.
         """
         config = self.config
-        self.alpha = float(_cfg(config, "sige_alpha", 0.1))
-        self.renorm = bool(_cfg(config, "sige_renorm", False))
-        self.co_k = int(_cfg(config, "sige_co_k", 10))
-        self.co_norm = str(_cfg(config, "sige_co_norm", "cosine"))
-        self.co_symmetric = bool(_cfg(config, "sige_co_symmetric", True))
+        self.alpha = float(config_value(config, "sige_alpha", 0.1))
+        self.renorm = bool(config_value(config, "sige_renorm", False))
+        self.co_k = int(config_value(config, "sige_co_k", 10))
+        self.co_norm = str(config_value(config, "sige_co_norm", "cosine"))
+        self.co_symmetric = bool(config_value(config, "sige_co_symmetric", True))
         if not 0.0 <= self.alpha <= 1.0:
             raise MMRecError(f"sige_alpha is the weight of the collaborative graph in a convex mix and must lie "
                              f"in [0, 1], found {self.alpha}")
@@ -143,7 +140,7 @@ class SIGE(MGCN):
         if self.co_k < 1:
             raise MMRecError(f"sige_co_k must be >= 1, found {self.co_k}")
         semantic = modality_knn_graphs(self, self.knn_k, weighted=True, include_self=True, norm="sym",
-                                       as_torch=False)
+                                       on_device=False)
         if self.alpha == 0.0:
             graphs = OrderedDict((n, sym_normalize(g) if self.renorm else g) for n, g in semantic.items())
         else:
@@ -155,7 +152,9 @@ class SIGE(MGCN):
     # ---- loss terms ------------------------------------------------------------
     def _pair_nce(self, x: torch.Tensor, y: torch.Tensor, b: int) -> torch.Tensor:
         """InfoNCE(x, y) over the user rows [:b] plus over the item rows [b:] (x anchors)."""
-        return info_nce(x[:b], y[:b], self.cl_temp) + info_nce(x[b:], y[b:], self.cl_temp)
+        # fused=False: the autograd path SIGE's recorded results used (the fused kernel differs in
+        # the last float bits)
+        return info_nce(x[:b], y[:b], self.cl_temp, fused=False) + info_nce(x[b:], y[b:], self.cl_temp, fused=False)
 
     def perturbation_loss(self, sem: Mapping[str, torch.Tensor], beh: torch.Tensor, b: int) -> torch.Tensor:
         """InfoNCE between two perturbed semantic views (rows: b users, then items)."""

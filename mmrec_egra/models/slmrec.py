@@ -43,12 +43,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graphs import bipartite_adjacency, propagate
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, propagate
 from ..losses import bpr_loss, info_nce, l2_reg
-from ..modules import SparseMatrix
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value, feature, feature_projections, setup_feature_inputs
+from ._mm_inputs import feature, feature_projections, setup_feature_inputs
 from .base import GeneralRecommender, inter_matrix_csr
 
 SSL_TASKS = ("FAC", "FD", "FM")
@@ -93,7 +93,7 @@ class SLMRec(GeneralRecommender):
             self.coarse_head = nn.Linear(dim, dim)
         else:
             self.view_head = nn.Sequential(nn.Linear(M * dim, dim), nn.ReLU(), nn.Linear(dim, dim))
-        self.adj = SparseMatrix(bipartite_adjacency(inter_matrix_csr(dataloader)), self.device, symmetric=True)
+        self.adj = SparseMat.of(bipartite_adjacency(inter_matrix_csr(dataloader)), self.device, symmetric=True)
 
     # ---- branches ----------------------------------------------------------
     def id_branch(self) -> torch.Tensor:
@@ -136,14 +136,14 @@ class SLMRec(GeneralRecommender):
             loss = z_id.new_zeros(())
             for a in range(len(fine)):
                 for b in range(a + 1, len(fine)):
-                    loss = loss + info_nce(fine[a], fine[b], self.ssl_temp)
+                    loss = loss + info_nce(fine[a], fine[b], self.ssl_temp, fused=False)
             coarse = self.coarse_head(torch.stack(fine).mean(0))
-            return loss + info_nce(coarse, z_id.index_select(0, rows), self.ssl_temp)
+            return loss + info_nce(coarse, z_id.index_select(0, rows), self.ssl_temp, fused=False)
         views = []
         for _ in range(2):
             branches = self.modality_branches(self.view_features(self.ssl_task))
             views.append(self.view_head(torch.cat([z.index_select(0, rows) for z in branches.values()], dim=1)))
-        return info_nce(views[0], views[1], self.ssl_temp)
+        return info_nce(views[0], views[1], self.ssl_temp, fused=False)   # fused=False: as recorded
 
     def calculate_loss(self, interaction):
         users, pos, neg = interaction[0], interaction[1], interaction[2]

@@ -37,12 +37,13 @@ import scipy.sparse as sp
 import torch
 import torch.nn as nn
 
-from ..graphs import bipartite_adjacency, propagate
-from ..losses import bpr_loss, info_nce_fast, l2_reg
-from ..modules import SparseMatrix, modality_knn_graphs, normalized_interactions
+from ..config import config_value
+from ..graphs import SparseMat, bipartite_adjacency, propagate
+from ..losses import bpr_loss, info_nce, l2_reg
+from ..modules import modality_knn_graphs, normalized_interactions
 from ..registry import register_model
 from ..utils import MMRecError
-from ._mm_inputs import config_value, feature, setup_feature_inputs
+from ._mm_inputs import feature, setup_feature_inputs
 from .base import GeneralRecommender, inter_matrix_csr
 
 
@@ -107,12 +108,12 @@ class SMORE(GeneralRecommender):
         self.query = nn.ModuleList([_query(dim) for _ in self.names])
 
         R = inter_matrix_csr(dataloader)
-        self.norm_adj = SparseMatrix(bipartite_adjacency(R), self.device, symmetric=True)
-        self.R_norm = SparseMatrix(normalized_interactions(R), self.device)
-        graphs = modality_knn_graphs(self, self.knn_k, weighted=True, include_self=True, as_torch=False)
-        self.item_graphs = [SparseMatrix(graphs[n], self.device) for n in self.names]
+        self.norm_adj = SparseMat.of(bipartite_adjacency(R), self.device, symmetric=True)
+        self.R_norm = SparseMat.of(normalized_interactions(R), self.device)
+        graphs = modality_knn_graphs(self, self.knn_k, weighted=True, include_self=True, on_device=False)
+        self.item_graphs = [SparseMat.of(graphs[n], self.device) for n in self.names]
         self.fusion_graph_csr = max_fusion_graph([graphs[n] for n in self.names])
-        self.fusion_graph = SparseMatrix(self.fusion_graph_csr, self.device)
+        self.fusion_graph = SparseMat.of(self.fusion_graph_csr, self.device)
 
     # ---- views ---------------------------------------------------------------
     def behaviour_embeddings(self) -> torch.Tensor:
@@ -169,8 +170,8 @@ class SMORE(GeneralRecommender):
         bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         reg = self.reg_weight * l2_reg(u, p, n)
         if self.cl_weight != 0:
-            cl = self.cl_weight * (info_nce_fast(side[b:2 * b], beh[b:2 * b], self.cl_temp)
-                                   + info_nce_fast(side[:b], beh[:b], self.cl_temp))
+            cl = self.cl_weight * (info_nce(side[b:2 * b], beh[b:2 * b], self.cl_temp)
+                                   + info_nce(side[:b], beh[:b], self.cl_temp))
         else:
             cl = bpr.new_zeros(())
         return bpr, reg, cl
