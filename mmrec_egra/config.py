@@ -194,7 +194,8 @@ def check_unknown_keys(keys: Iterable[str], known: set, where: str = "command li
         if key.startswith("_") or key in known:
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.7)
-        hint = f"; did you mean --{close[0]}?" if close else \
+        dash = "--" if where == "command line" else ""
+        hint = f"; did you mean {dash}{close[0]}?" if close else \
             ". Known keys are those of configs/overall.yaml, configs/dataset/*.yaml and configs/model/*.yaml"
         raise MMRecError(f"unknown config key '{key}' ({where}){hint}")
 
@@ -323,6 +324,9 @@ class Config:
         for key in ("topk", "metrics"):
             if d.get(key) is not None and not isinstance(d[key], list):
                 d[key] = [d[key]]
+            if d.get(key) == []:       # an empty list would silently fall back to the defaults
+                raise MMRecError(f"{self._where(key)}: '{key}' is an empty list; give at least one value, "
+                                 f"e.g. {'[10, 20]' if key == 'topk' else '[Recall, NDCG]'}")
         for key, spec in SCHEMA.items():
             v = d.get(key)
             if v is None:

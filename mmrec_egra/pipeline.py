@@ -27,6 +27,7 @@ import torch
 
 from .artifacts import artifact_dir_for, content_key, open_store
 from .cache import array_digest
+from .config import check_unknown_keys, default_config_dir, known_keys
 from .fit import make_config, train_combination
 from .utils import MMRecError, get_logger, init_seed
 
@@ -78,6 +79,7 @@ def teacher_config_for(config):
     if not isinstance(extra, dict):
         raise MMRecError(f"teacher_config must be a mapping of teacher keys (e.g. {{cl_loss: 0.001}}), found {extra!r}")
     tcfg = make_config(str(config["teacher_model"] or "MGCN"), str(config["dataset"]), keep)
+    check_unknown_keys(extra, known_keys(tcfg.config_dir), where="inside teacher_config")
     combo = {k: tcfg[k][0] for k in tcfg.grid_keys}
     combo["seed"] = int(config["teacher_seed"] if config["teacher_seed"] is not None else config["seed"])
     tcfg = tcfg.for_combination(combo)
@@ -161,7 +163,7 @@ def teacher_yaml_defaults(teacher_name: str, config_dir=None) -> Dict[str, Any]:
     """The teacher's own defaults: every key of configs/model/<Teacher>.yaml, each grid key
     (`hyper_parameters`) cut to its first value, as our host's default configuration.
     Empty when the teacher has no yaml (then the host's values and the model's code defaults apply)."""
-    from .config import default_config_dir, load_yaml
+    from .config import load_yaml
     from .registry import canonical_name, get_model
     name = canonical_name(teacher_name)
     own = getattr(get_model(name), "config_file", None)
@@ -193,6 +195,7 @@ def _foreign_host_teacher(config, dataloader, n_items: int) -> np.ndarray:
     extra = config["teacher_config"] or {}
     if not isinstance(extra, dict):
         raise MMRecError(f"teacher_config must be a mapping of teacher keys (e.g. {{cl_loss: 0.001}}), found {extra!r}")
+    check_unknown_keys(extra, known_keys(default_config_dir()), where="inside teacher_config")
     # the teacher's own yaml defaults, then explicit teacher_config; the host's config only
     # for what neither sets (data, training protocol): EGRA's keys must not leak into it
     overrides = dict(teacher_yaml_defaults(teacher_name, config["config_dir"]))

@@ -362,6 +362,8 @@ def test_foreign_host_teacher_gets_its_own_yaml_defaults(make_env, monkeypatch):
     assert seen == [("MGCN", 0.001)]
     build(make_env, "EGRA", teacher_epochs=1, teacher_config={"cl_loss": 0.1}, **FAST)
     assert seen[1:] == [("MGCN", 0.1)]
+    with pytest.raises(MMRecError, match="unknown config key 'cl_los' .inside teacher_config."):
+        build(make_env, "EGRA", teacher_epochs=1, teacher_config={"cl_los": 0.1}, **FAST)
 
 
 def test_main_end_to_end(demo_root, tmp_path):

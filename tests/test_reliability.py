@@ -322,6 +322,19 @@ def test_unknown_key_is_an_error_with_a_suggestion(demo_root, capsys):
         make_config("BPR", "demo", {"data_path": demo_root, "zzqqxx": 1})
 
 
+def test_empty_metric_lists_and_teacher_config_typos_are_errors(demo_root):
+    for key in ("metrics", "topk"):
+        with pytest.raises(MMRecError, match=f"'{key}' is an empty list; give at least one value"):
+            make_config("BPR", "demo", {"data_path": demo_root, key: []})
+    from mmrec_egra.pipeline import teacher_config_for
+    cfg = make_config("EGRA", "demo", {"data_path": demo_root, "teacher_config": {"cl_los": 0.01}})
+    cfg = cfg.for_combination(cfg.grid()[0])
+    with pytest.raises(MMRecError, match=r"unknown config key 'cl_los' \(inside teacher_config\); did you mean cl_loss"):
+        teacher_config_for(cfg)
+    cfg["teacher_config"] = {"cl_loss": 0.01}
+    assert teacher_config_for(cfg)["cl_loss"] == 0.01
+
+
 def test_keys_of_any_model_yaml_and_host_keys_are_known(demo_root):
     # egra_beta is only in EGRA.yaml; a run of another model may still set it (e.g. in a sweep script)
     c = make_config("BPR", "demo", {"data_path": demo_root, "egra_beta": 0.5, "teacher_seed": 1})
