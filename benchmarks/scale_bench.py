@@ -181,12 +181,19 @@ def run_stage(args) -> dict:
         out["seconds"] = time.perf_counter() - t0
         out["note"] = f"{arr.shape[1]} training rows shuffled + 1 negative each (RSS includes loading)"
     elif args.stage in ("knn", "knn_exact"):
-        from mmrec_egra.graphs import exact_knn_rows, knn_graph
+        from mmrec_egra.graphs import FAISS_DEFAULTS, exact_knn_rows, knn_graph, knn_graph_faiss
         feats = np.load(folder / "text_feat.npy", mmap_mode="r")
         backend = "exact" if args.stage == "knn_exact" else args.knn_backend
-        g = knn_graph(feats, 10, weighted=True, include_self=False, backend=backend)
+        faiss_kw = {k: v for k, v in (("nprobe", args.faiss_nprobe), ("nlist", args.faiss_nlist),
+                                      ("train_per_list", args.faiss_train_per_list)) if v}
+        if faiss_kw and backend == "faiss":     # settings other than graphs.FAISS_DEFAULTS
+            g = knn_graph_faiss(feats, 10, weighted=True, include_self=False, **faiss_kw)
+        else:
+            g = knn_graph(feats, 10, weighted=True, include_self=False, backend=backend)
         out["seconds"] = time.perf_counter() - t0
         note = f"{feats.shape[0]} x {feats.shape[1]} text features (memmap), k=10, backend {backend}, nnz {g.nnz}"
+        if backend == "faiss":
+            note += f", faiss settings {dict(FAISS_DEFAULTS, **faiss_kw)} (nlist None = min(4 sqrt n, n/39))"
         if args.recall_rows and args.stage == "knn":
             rows = np.sort(np.random.default_rng(1).choice(feats.shape[0], args.recall_rows, replace=False))
             t1 = time.perf_counter()
@@ -230,6 +237,9 @@ def run_stage(args) -> dict:
                 loss.backward()
                 opt.step()
                 done += 1
+                if done % 10 == 0:
+                    print(f"progress: {done}/{limit} steps, {time.perf_counter() - t1:.0f} s, "
+                          f"peak RSS {peak_rss_mib():.0f} MiB", file=sys.stderr, flush=True)
                 if done >= limit:
                     break
             t_steps = time.perf_counter() - t1
@@ -287,24 +297,43 @@ def run_child(args, size: str, stage: str) -> dict:
     cmd = [sys.executable, __file__, "--_stage", stage, "--size", size, "--data_dir", args.data_dir,
            "--knn_backend", args.knn_backend, "--batch", str(args.batch), "--steps", str(args.steps),
            "--eval_users", str(args.eval_users), "--recall_rows", str(args.recall_rows),
-           "--image_dim", str(args.image_dim), "--eval_model", args.eval_model]
+           "--image_dim", str(args.image_dim), "--eval_model", args.eval_model,
+           "--faiss_nprobe", str(args.faiss_nprobe), "--faiss_nlist", str(args.faiss_nlist),
+           "--faiss_train_per_list", str(args.faiss_train_per_list)]
     limit = args.max_rss_gib * 2 ** 30
     t0 = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the child's stderr goes to a file (a pipe read only at the end could fill and block a long
+    # stage); `tail -f` it to follow a long stage's progress lines
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    log = Path(args.data_dir) / f"scale_bench_{size}_{stage}.log"
+    err = open(log, "w")
+    # glibc raises its mmap threshold up to 32 MiB after freeing a large block; the evaluator's
+    # score chunks (8 users x 1M items = 32,000,000 bytes) then come from the heap, which
+    # fragments: the 1M eval stage grew past 18 GiB (~60 MB/s). A fixed 4 MiB threshold keeps
+    # them mmapped (returned to the OS on free): flat 5.0 GiB. Set here unless already set.
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * 2 ** 20))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     killed = False
     peak_seen = 0
+    last_note = t0
     while proc.poll() is None:
         try:
             with open(f"/proc/{proc.pid}/status") as fh:
                 rss = next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS:"))
             peak_seen = max(peak_seen, rss)
+            if time.time() - last_note > 30:         # an RSS trace in the stage log (where a stage grows)
+                last_note = time.time()
+                print(f"watchdog: {last_note - t0:.0f} s, RSS {rss / 2 ** 20:.0f} MiB", file=err, flush=True)
             if rss > limit:
                 proc.kill()
                 killed = True
         except (FileNotFoundError, StopIteration, ProcessLookupError):
             pass
         time.sleep(0.2)
-    stdout, stderr = proc.communicate()
+    stdout, _ = proc.communicate()
+    err.close()
+    stderr = log.read_text()
     if killed or proc.returncode != 0:
         done = [dict(json.loads(l), status="ok") for l in stderr.splitlines() if l.startswith('{"size"')]
         why = f"KILLED: RSS passed {args.max_rss_gib} GiB" if killed else \
@@ -325,6 +354,10 @@ def main() -> None:
                                                     "checkpoint"], choices=STAGES)
     ap.add_argument("--data_dir", default="/tmp/mmrec_scale", help="where the synthetic datasets are written")
     ap.add_argument("--knn_backend", default="faiss", choices=["auto", "exact", "faiss"])
+    ap.add_argument("--faiss_nprobe", type=int, default=0, help="knn stage, faiss IVF nprobe (0: graphs.FAISS_DEFAULTS)")
+    ap.add_argument("--faiss_nlist", type=int, default=0, help="knn stage, faiss IVF lists (0: default min(4 sqrt n, n/39))")
+    ap.add_argument("--faiss_train_per_list", type=int, default=0,
+                    help="knn stage, k-means training rows per list (0: graphs.FAISS_DEFAULTS)")
     ap.add_argument("--recall_rows", type=int, default=1000, help="items whose exact neighbours are the recall reference")
     ap.add_argument("--batch", type=int, default=2048, help="LightGCN training batch size")
     ap.add_argument("--steps", type=int, default=20, help="LightGCN steps to time (0: one full epoch)")
