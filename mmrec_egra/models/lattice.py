@@ -44,11 +44,11 @@ from ..losses import bpr_loss, l2_reg
 from ..registry import register_model
 from ..utils import MMRecError
 from ._mm_inputs import feature, feature_projections, setup_feature_inputs
-from .base import GeneralRecommender, inter_matrix_csr
+from .base import PairForwardRecommender, inter_matrix_csr
 
 
 @register_model
-class LATTICE(GeneralRecommender):
+class LATTICE(PairForwardRecommender):
     is_multimodal = True
 
     def __init__(self, config, dataloader):
@@ -133,10 +133,6 @@ class LATTICE(GeneralRecommender):
         if self.reg_weight != 0.0:
             loss = loss + self.reg_weight * l2_reg(u, p, n)
         return loss
-
-    def full_sort_predict(self, interaction):
-        u_all, i_all = self.cached("forward", self.forward)
-        return u_all[interaction[0]] @ i_all.t()
 
     def item_representations(self, kind: str = "final") -> torch.Tensor:
         was = self.training

@@ -33,7 +33,7 @@ from ..config import config_value
 from ..graphs import SparseMat, bipartite_adjacency, degree_sensitive_prune
 from ..losses import bpr_loss, emb_norm_reg
 from ..registry import register_model
-from .base import GeneralRecommender, inter_matrix_csr
+from .base import PairForwardRecommender, inter_matrix_csr
 
 
 def layer_refined_propagate(adj, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
@@ -48,7 +48,7 @@ def layer_refined_propagate(adj, ego: torch.Tensor, n_layers: int) -> torch.Tens
 
 
 @register_model
-class LayerGCN(GeneralRecommender):
+class LayerGCN(PairForwardRecommender):
     def __init__(self, config, dataloader):
         super().__init__(config, dataloader)
         dim = int(config_value(config, "embedding_size", 64))
@@ -87,15 +87,3 @@ class LayerGCN(GeneralRecommender):
             reg = emb_norm_reg(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg))
             loss = loss + self.reg_weight * reg
         return loss
-
-    def full_sort_predict(self, interaction):
-        u_all, i_all = self.cached("forward", lambda: self.forward(self.norm_adj))
-        return u_all[interaction[0]] @ i_all.t()
-
-    def item_representations(self, kind: str = "final") -> torch.Tensor:
-        was = self.training
-        self.eval()
-        with torch.no_grad():
-            _, i_all = self.forward(self.norm_adj)
-        self.train(was)
-        return i_all

@@ -53,7 +53,7 @@ from ..modules import modality_knn_graphs
 from ..registry import register_model
 from ..utils import MMRecError
 from ._mm_inputs import feature, feature_projections, setup_feature_inputs
-from .base import GeneralRecommender, inter_matrix_csr
+from .base import PairForwardRecommender, inter_matrix_csr
 from .freedom import freedom_modality_weights
 
 
@@ -74,7 +74,7 @@ def perturb(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @register_model
-class MENTOR(GeneralRecommender):
+class MENTOR(PairForwardRecommender):
     is_multimodal = True
 
     def __init__(self, config, dataloader):
@@ -192,10 +192,6 @@ class MENTOR(GeneralRecommender):
             cl = cl + info_nce(sel(i1, pos), sel(i2, pos), self.cl_temp)
             loss = loss + self.cl_weight * cl
         return loss
-
-    def full_sort_predict(self, interaction):
-        u_all, i_all = self.cached("forward", self.forward)
-        return u_all[interaction[0]] @ i_all.t()
 
     def item_representations(self, kind: str = "final") -> torch.Tensor:
         was = self.training
