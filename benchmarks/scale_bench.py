@@ -91,12 +91,25 @@ class RandomEmbeddings:
         return self.u[batch[0]] @ self.i.t()
 
 
+def timed_eval(config, model, valid, eval_users: int):
+    """Chunked full ranking of `eval_users` sampled valid users (all when 0) -> (seconds,
+    metrics, users ranked, valid users)."""
+    from mmrec_egra.evaluation import TopKEvaluator
+    ev = TopKEvaluator(config)
+    model.eval()
+    n_all = len(valid.users)
+    if eval_users and eval_users < n_all:
+        valid.users = np.sort(np.random.default_rng(2).choice(valid.users, eval_users, replace=False))
+    t = time.perf_counter()
+    res = ev.evaluate(model, valid)
+    return time.perf_counter() - t, res, len(valid.users), n_all
+
+
 def run_pipeline(args) -> list:
     """load -> negsample -> lightgcn -> eval -> checkpoint in ONE process (the data is read
     once, as in a real run); each row's peak RSS is the process peak up to that point."""
     import torch
     from mmrec_egra.data import build_loaders, load_dataset
-    from mmrec_egra.evaluation import TopKEvaluator
     from mmrec_egra.models.lightgcn import LightGCN
     from mmrec_egra.trainer import build_optimizer
     from mmrec_egra.utils import torch_save_atomic
@@ -137,19 +150,12 @@ def run_pipeline(args) -> list:
         + ("measured" if done == n_batches else "EXTRAPOLATED") + f" {per * n_batches:.0f} s",
         step_s=per, epoch_s=per * n_batches)
     del data
-    ev = TopKEvaluator(config)
-    model.eval()
-    all_users = valid.users
-    if args.eval_users and args.eval_users < len(all_users):
-        valid.users = np.sort(np.random.default_rng(2).choice(all_users, args.eval_users, replace=False))
-    t = time.perf_counter()
-    res = ev.evaluate(model, valid)
-    te = time.perf_counter() - t
-    full = len(valid.users) == len(all_users)
-    row("eval", te, f"chunked full ranking of {len(valid.users)} of {len(all_users)} valid users x {ds.n_items} "
+    te, res, n_ranked, n_all = timed_eval(config, model, valid, args.eval_users)
+    full = n_ranked == n_all
+    row("eval", te, f"chunked full ranking of {n_ranked} of {n_all} valid users x {ds.n_items} "
         f"items (LightGCN after {done} steps, recall@20 {res['recall@20']:.4f}; includes its one propagation); "
-        "full split " + ("measured" if full else f"EXTRAPOLATED {te * len(all_users) / len(valid.users):.0f} s"),
-        eval_s_full=te * len(all_users) / len(valid.users))
+        "full split " + ("measured" if full else f"EXTRAPOLATED {te * n_all / n_ranked:.0f} s"),
+        eval_s_full=te * n_all / n_ranked)
     path = Path(args.data_dir) / f"ckpt_{args.size}.pt"
     t = time.perf_counter()
     torch_save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
@@ -253,19 +259,11 @@ def run_stage(args) -> dict:
                            f"{args.batch}, {per_step:.3f} s/step; epoch "
                            + ("measured" if done == n_batches else "EXTRAPOLATED") + f" {per_step * n_batches:.0f} s")
         elif args.stage == "eval":
-            from mmrec_egra.evaluation import TopKEvaluator
-            ev = TopKEvaluator(config)
-            model.eval()
-            users_all = valid.users
-            if args.eval_users and args.eval_users < len(users_all):
-                valid.users = np.sort(np.random.default_rng(2).choice(users_all, args.eval_users, replace=False))
-            t1 = time.perf_counter()
-            res = ev.evaluate(model, valid)
-            t_eval = time.perf_counter() - t1
-            full = len(valid.users) == len(users_all)
+            t_eval, res, n_ranked, n_all = timed_eval(config, model, valid, args.eval_users)
+            full = n_ranked == n_all
             out["seconds"] = t_eval
-            out["eval_s_full"] = t_eval * len(users_all) / len(valid.users)
-            out["note"] = (f"{len(valid.users)} of {len(users_all)} valid users x {ds.n_items} items, "
+            out["eval_s_full"] = t_eval * n_all / n_ranked
+            out["note"] = (f"{n_ranked} of {n_all} valid users x {ds.n_items} items, "
                            f"recall@20 {res['recall@20']:.4f} (untrained {args.eval_model}); full split "
                            + ("measured" if full else f"EXTRAPOLATED {out['eval_s_full']:.0f} s")
                            + f"; model build {t_build:.1f} s not included")
