@@ -70,6 +70,15 @@ def _check_file(path: Path, what: str) -> None:
                          f"directory {os.getcwd()}).")
 
 
+def _read_json(path: Path, what: str):
+    """A whole JSON file; any read or parse problem is one MMRecError naming the file."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except Exception as exc:
+        raise MMRecError(f"cannot read {what} file {path} as JSON: {exc}") from None
+
+
 def _read_table(path: Path, fmt: str, what: str, hint: str = "", **kw) -> pd.DataFrame:
     """A CSV/TSV/JSONL file as a DataFrame (cells str unless `dtype` says otherwise; missing -> '')."""
     try:
@@ -140,11 +149,7 @@ def read_interactions(path: Path, fmt: str = "auto", user_col: Optional[str] = N
     _check_file(path, "interaction")
     fmt = detect_format(path, fmt, "interaction")
     if fmt == "json":
-        try:
-            with open(path) as fh:
-                data = json.load(fh)
-        except Exception as exc:
-            raise MMRecError(f"cannot read interaction file {path} as JSON: {exc}") from None
+        data = _read_json(path, "interaction")
         if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
             raise MMRecError(f"{path}: JSON interactions must be an object {{user: [items in time order]}}; found "
                              f"{type(data).__name__}{' with non-list values' if isinstance(data, dict) else ''}. "
@@ -203,11 +208,7 @@ def read_items(path: Path, fmt: str = "auto", id_col: Optional[str] = None,
     _check_file(path, "item")
     fmt = detect_format(path, fmt, "item")
     if fmt == "json":
-        try:
-            with open(path) as fh:
-                data = json.load(fh)
-        except Exception as exc:
-            raise MMRecError(f"cannot read item file {path} as JSON: {exc}") from None
+        data = _read_json(path, "item")
         if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
             df = pd.DataFrame.from_dict(data, orient="index")
             df.index = df.index.astype(str)
