@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmrec_egra.data.demo import generate_demo
 
@@ -16,6 +17,16 @@ def demo_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("data")
     generate_demo(root / "demo")
     return str(root) + "/"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after: small problems gain nothing from two, and
+    on a loaded machine OpenMP threads spinning at barriers make them several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -8,12 +8,7 @@ from model_checks import build, check_model, train_epochs
 from mmrec_egra.models.dualgnn import user_cooccurrence_graph
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: torch on one thread
 
 
 def test_dualgnn_trains_and_ranks(make_env):

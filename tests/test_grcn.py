@@ -10,12 +10,7 @@ from mmrec_egra.graphs import SparseMat
 from mmrec_egra.models.grcn import routed_preferences
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: torch on one thread
 
 
 def test_grcn_trains_and_ranks(make_env):

@@ -5,14 +5,7 @@ import torch
 from model_checks import build, check_model, train_epochs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these small problems gain nothing from two, and on a loaded
-    machine OpenMP threads spinning at barriers make them several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: torch on one thread
 
 
 def test_lgmrec_trains_and_ranks(make_env):

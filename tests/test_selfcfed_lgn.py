@@ -9,12 +9,7 @@ from mmrec_egra.registry import get_model
 from mmrec_egra.utils import MMRecError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: torch on one thread
 
 
 def test_selfcf_trains_and_ranks(make_env):
