@@ -13,10 +13,10 @@ def main(directory: str) -> None:
     store = open_store(directory)
     print("| teacher | seed | best epoch | valid R@20 | test R@10 | test R@20 | test N@10 | test N@20 | key |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for entry in store.list():
-        if not entry["key"].startswith("teacher/"):
+    for entry in store.list():             # list() already carries each entry's meta: no array reads
+        if not entry["key"].startswith("teacher/") or "error" in entry:
             continue
-        _, meta = store.get(entry["key"])
+        meta = entry["meta"]
         t = meta.get("test", {})
         cells = [t.get(m, float("nan")) for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")]
         print(f"| {meta['teacher']} | {meta['seed']} | {meta['best_epoch']} | {meta['valid_score']:.4f} | "
