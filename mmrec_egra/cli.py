@@ -1,6 +1,7 @@
 """Command line: `python main.py -m MODEL -d DATASET [--key value ...]` and `mmrec-egra ...`.
 
-Subcommands of `mmrec-egra`: run (default), list. Errors in user input print one line
+Subcommands of `mmrec-egra`: run (default), list, artifacts, export-items, install-into,
+uninstall-from, prepare. Errors in user input print one line
 (`error: ...`) and exit with status 2; no traceback.
 """
 from __future__ import annotations
@@ -100,6 +101,23 @@ def main_artifacts(argv: List[str]) -> int:
     return 0
 
 
+def main_export_items(argv: List[str]) -> int:
+    """`mmrec-egra export-items RUN_DIR [--out F.npy] [--kind final] [--data_path P]`."""
+    p = argparse.ArgumentParser(prog="mmrec-egra export-items",
+                                description="Write a finished run's best-valid item vectors as an .npy (for "
+                                            "EGRA's --teacher_embeddings_file)")
+    p.add_argument("run_dir", help="a combination folder: saved/<Model>-<dataset>/<combination>/")
+    p.add_argument("--out", default=None, help="output .npy (default: RUN_DIR/item_embeddings.npy)")
+    p.add_argument("--kind", default="final", help="final (scoring vectors) | behaviour | modality")
+    p.add_argument("--data_path", default=None, help="folder holding <dataset>/ if not the run's own")
+    args = p.parse_args(argv)
+    from .saved_run import export_run_items
+    path, emb = export_run_items(args.run_dir, args.out, args.kind, args.data_path)
+    print(f"{path}: {emb.shape[0]} x {emb.shape[1]} ({args.kind}); use it with "
+          f"--teacher_embeddings_file {path}")
+    return 0
+
+
 def main_install(cmd: str, argv: List[str]) -> int:
     """`mmrec-egra install-into|uninstall-from MMRec/src [-m MODEL ...] [--force]`."""
     p = argparse.ArgumentParser(prog=f"mmrec-egra {cmd}",
@@ -133,12 +151,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if cmd == "artifacts":
             return main_artifacts(rest)
+        if cmd == "export-items":
+            return main_export_items(rest)
         if cmd in ("install-into", "uninstall-from"):
             return main_install(cmd, rest)
         if cmd == "prepare":
             from .data.prepare import main as main_prepare
             return main_prepare(rest)
-        raise MMRecError(f"unknown command '{cmd}'; commands: run, list, artifacts, install-into, uninstall-from, prepare")
+        raise MMRecError(f"unknown command '{cmd}'; commands: run, list, artifacts, export-items, install-into, "
+                           f"uninstall-from, prepare")
     except MMRecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

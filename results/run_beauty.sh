@@ -17,7 +17,7 @@ wait
 nice -n 5 python -m mmrec_egra.compare $COMMON --checkpoint_dir $OUT --ablation EGRA --arms static_alignment --seeds 999 --out $OUT/t_static999 &
 # EGRA with SIGE (the best-valid model) as teacher: the finished SIGE run above is the teacher
 # (stage 1 would retrain the same model; on office the export is bit-identical to stage 1's)
-python results/export_run_items.py "$(ls -d $OUT/SIGE-beauty/seed=999_*)" saved/qual/beauty_tsige/sige999_items.npy
+mmrec-egra export-items "$(ls -d $OUT/SIGE-beauty/seed=999_*)" --out saved/qual/beauty_tsige/sige999_items.npy
 nice -n 5 python -m mmrec_egra.compare $COMMON --checkpoint_dir saved/qual/beauty_tsige \
     --teacher_embeddings_file saved/qual/beauty_tsige/sige999_items.npy --ablation EGRA --arms static_alignment --seeds 999 --out saved/qual/beauty_tsige/t_999 &
 wait
