@@ -1,9 +1,8 @@
 """LMDB artifact store and the content-keyed graph cache."""
 import numpy as np
-import pytest
 import scipy.sparse as sp
 
-from mmrec_egra.artifacts import ArtifactStore, content_key, open_store
+from mmrec_egra.artifacts import content_key, open_store
 from mmrec_egra.cache import GraphCache, make_key
 
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from mmrec_egra.graphs import knn_graph, sym_normalize
 from mmrec_egra.losses import bpr_loss, info_nce, l2_reg
-from mmrec_egra.models.egra import EGRA, SCHEDULES, entity_weights, schedule_lambda, teacher_knn_graph
+from mmrec_egra.models.egra import SCHEDULES, entity_weights, schedule_lambda, teacher_knn_graph
 from mmrec_egra.utils import MMRecError
 from model_checks import build, check_model, train_epochs
 

@@ -16,7 +16,6 @@ import torch
 import yaml
 
 from mmrec_egra import list_models
-from mmrec_egra.config import default_config_dir
 from mmrec_egra.install import install_into, installed_name
 
 # the keys of MMRec's overall.yaml that the contract lists (nothing of ours)

@@ -1,6 +1,5 @@
 """BPR and LightGCN: behaviour on the demo data and the LightGCN graph."""
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from model_checks import check_model

@@ -1,6 +1,5 @@
 """Run bookkeeping: status values, timings across --resume, clean stop on SIGTERM, bounded writes."""
 import json
-import os
 import signal
 import subprocess
 import sys

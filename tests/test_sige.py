@@ -194,7 +194,7 @@ def test_loss_parts_and_reference(make_env):
     assert model.item_id_embedding.weight.grad.abs().sum() > 0
     # deterministic parts against the full forward
     users, pos, neg = batch
-    nu, b, t = model.n_users, batch.shape[1], model.cl_temp
+    nu, t = model.n_users, model.cl_temp
     with torch.no_grad():
         beh, side = model.forward()
         per = model.modality.modality_embeddings(model.item_id_embedding.weight)

@@ -1,6 +1,5 @@
 """Trainer protocol and runner outputs: determinism, early stopping, NaN, resume, saved files."""
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 from mmrec_egra.models.base import GeneralRecommender
 from mmrec_egra.registry import register_model
 from mmrec_egra.runner import run
-from mmrec_egra.trainer import Trainer, build_optimizer
+from mmrec_egra.trainer import build_optimizer
 from mmrec_egra.utils import MMRecError
 
 

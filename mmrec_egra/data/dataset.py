@@ -6,10 +6,9 @@ as one MMRecError naming the file, the line or key, what was found and what is e
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd

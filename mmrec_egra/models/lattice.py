@@ -32,8 +32,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Optional, Tuple
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -29,8 +29,7 @@ with its own filter F_f. Features are fixed inputs (`freeze_features: true`).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import scipy.sparse as sp
