@@ -37,8 +37,8 @@ def bipartite_adjacency(inter: sp.spmatrix, item_item: Optional[sp.spmatrix] = N
     """The (U+I) x (U+I) behaviour graph [[0, R], [R^T, beta*S]] normalised D^-1/2 A D^-1/2.
 
     `merge='joint'` normalises the whole matrix at once; `merge='separate'` normalises the
-    user-item part and the item-item block S apart and adds them. With no S this is
-    LightGCN's A_ui (no self loops).
+    user-item part and S apart and adds them, beta scaling the normalised S (normalising
+    beta*S would cancel beta). With no S this is LightGCN's A_ui (no self loops).
     """
     R = sp.csr_matrix(inter, dtype=np.float32)
     R.data[:] = 1.0
@@ -48,12 +48,12 @@ def bipartite_adjacency(inter: sp.spmatrix, item_item: Optional[sp.spmatrix] = N
     if item_item is None or beta == 0:
         return sym_normalize(ui) if normalize else ui
     S = sp.csr_matrix(item_item, dtype=np.float32)
-    block = sp.bmat([[sp.csr_matrix((n_u, n_u)), None], [None, S * beta]], format="csr", dtype=np.float32)
+    block = sp.bmat([[sp.csr_matrix((n_u, n_u)), None], [None, S]], format="csr", dtype=np.float32)
     if merge == "joint":
-        full = ui + block
+        full = ui + block * beta
         return sym_normalize(full) if normalize else full
     if merge == "separate":
-        return sym_normalize(ui) + sym_normalize(block)
+        return sym_normalize(ui) + sym_normalize(block) * beta
     raise ValueError(f"merge must be 'joint' or 'separate', found {merge!r}")
 
 

@@ -64,8 +64,10 @@ def test_enhanced_adjacency_structure(make_env, demo_root, merge):
     R = ds.inter_matrix("csr").toarray()
     zu = np.zeros((n_u, n_u))
     ui = np.block([[zu, R], [R.T, np.zeros((n_i, n_i))]])
-    ii = np.block([[zu, np.zeros((n_u, n_i))], [np.zeros((n_i, n_u)), beta * S]])
-    expected = dense_sym_normalize(ui + ii) if merge == "joint" else dense_sym_normalize(ui) + dense_sym_normalize(ii)
+    ii = np.block([[zu, np.zeros((n_u, n_i))], [np.zeros((n_i, n_u)), S]])
+    # separate: beta scales the normalised S (normalising beta*S would cancel beta)
+    expected = dense_sym_normalize(ui + beta * ii) if merge == "joint" \
+        else dense_sym_normalize(ui) + beta * dense_sym_normalize(ii)
     A = model.norm_adj.to_dense().numpy()
     assert np.allclose(A, expected, atol=1e-6)
     assert np.abs(A[:n_u, :n_u]).sum() == 0 and np.allclose(A, A.T, atol=1e-7)

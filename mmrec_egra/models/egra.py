@@ -26,7 +26,7 @@ Stage 2 (this class, an MGCN backbone: parameter names equal MGCN's):
                                              (`egra_knn_weighted`), symmetrised with max
       A+  = [[0, R], [R^T, beta S]]          (`egra_beta`)
       joint:    D^-1/2 A+ D^-1/2            (`egra_graph_merge: joint`, D = row sums of A+)
-      separate: A_ui + D_S^-1/2 (beta S) D_S^-1/2   (the yaml default: best 3-seed TikTok
+      separate: A_ui + beta D_S^-1/2 S D_S^-1/2     (the yaml default: best 3-seed TikTok
                                              validation Recall@20, 0.1138 vs joint 0.1094)
       b   = mean_{l=0..L} (A+)^l [E_u; E_i]  LightGCN, L = n_ui_layers
     `egra_graph_source`: teacher (S from T) | raw (S = sym_max(mean_m kNN_k(X_m)), the
