@@ -34,22 +34,30 @@ def make_config(model: str, dataset: str, overrides: Optional[Dict[str, Any]] = 
 
 
 
+def build_model(config: Config, dataset, loaders, model_factory=None):
+    """Seed, run the model class's `prepare` hook if any (e.g. EGRA's stage 1: teacher
+    training / reuse), seed again, and construct the model on config['device']."""
+    train_loader = loaders[0]
+    seed = int(config["seed"])
+    deterministic = config["deterministic"] is not False
+    init_seed(seed, deterministic)
+    train_loader.set_seed(seed)
+    cls = model_factory or get_model(config["model"])
+    prepare = getattr(cls, "prepare", None)
+    if prepare is not None:
+        prepare(config, dataset, loaders)
+        init_seed(seed, deterministic)
+        train_loader.set_seed(seed)
+    return cls(config, train_loader).to(config["device"])
+
+
 def train_combination(config: Config, dataset, loaders, run_dir: Optional[Path], resume: bool = False,
                       model_factory=None):
     """Seed, build, fit one combination; returns (model, trainer, result dict)."""
     train_loader, valid_loader, test_loader = loaders
-    seed = int(config["seed"])
     if config["threads"]:
         torch.set_num_threads(int(config["threads"]))
-    init_seed(seed, config["deterministic"] is not False)
-    train_loader.set_seed(seed)
-    cls = model_factory or get_model(config["model"])
-    prepare = getattr(cls, "prepare", None)
-    if prepare is not None:            # e.g. EGRA's stage 1 (teacher training / reuse)
-        prepare(config, dataset, loaders)
-        init_seed(seed, config["deterministic"] is not False)
-        train_loader.set_seed(seed)
-    model = cls(config, train_loader).to(config["device"])
+    model = build_model(config, dataset, loaders, model_factory)
     trainer = Trainer(config, model, run_dir)
     if config["longtail_eval"]:
         ratio = config["longtail_head_ratio"]

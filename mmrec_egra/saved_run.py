@@ -15,10 +15,9 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from .data import build_loaders, load_dataset
-from .fit import make_config
+from .fit import build_model, make_config
 from .pipeline import EXPORT_KINDS, export_items
-from .registry import get_model
-from .utils import MMRecError, atomic_write, get_logger, init_seed, torch_load_safe
+from .utils import MMRecError, atomic_write, get_logger, torch_load_safe
 
 
 def _read_config(run_dir: Path) -> Dict[str, Any]:
@@ -58,15 +57,8 @@ def load_run(run_dir: str | Path, data_path: Optional[str] = None, device: str =
         raise MMRecError(f"the dataset files under {config['data_path']} differ from those {run_dir} was trained "
                          f"on (content hash {dataset.content_hash()} vs {trained_on}); point --data_path at the "
                          f"run's dataset")
-    loaders = build_loaders(config, dataset)
-    seed = int(config["seed"])
-    init_seed(seed, True)
-    cls = get_model(config["model"])
-    prepare = getattr(cls, "prepare", None)
-    if prepare is not None:          # EGRA: its teacher vectors (stored export or file) build the graph
-        prepare(config, dataset, loaders)
-        init_seed(seed, True)
-    model = cls(config, loaders[0]).to(device)
+    # as in training; EGRA's prepare hook finds its teacher vectors (stored export or file)
+    model = build_model(config, dataset, build_loaders(config, dataset))
     state = torch_load_safe(best, "best-valid checkpoint")
     try:
         model.load_state_dict(state["model"])
