@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -44,6 +44,17 @@ def _keyed_params(config) -> Dict[str, Any]:
 def export_key(dataset_hash: str, teacher_config, kind: str) -> str:
     """Store key of a teacher export: dataset content + teacher configuration + kind."""
     return "teacher/" + content_key(dataset_hash, teacher_config["model"], _keyed_params(teacher_config), kind)
+
+
+def stored_teachers(store, teacher: Optional[str] = None, seed: Optional[int] = None,
+                    kind: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The readable teacher exports of an artifact store, as `store.list()` entries (key, meta:
+    teacher, seed, kind, best_epoch, valid/test metrics), optionally only those of one teacher
+    model, seed and export kind. Reads headers only, no arrays."""
+    wanted = {"teacher": teacher, "seed": seed, "kind": kind}
+    return [e for e in store.list()
+            if e["key"].startswith("teacher/") and "error" not in e
+            and all(v is None or e["meta"].get(k) == v for k, v in wanted.items())]
 
 
 def load_embeddings_file(path: str, n_items: int) -> np.ndarray:

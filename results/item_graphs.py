@@ -23,6 +23,7 @@ from mmrec_egra.data import load_dataset
 from mmrec_egra.fit import make_config
 from mmrec_egra.graphs import knn_graph, symmetrize
 from mmrec_egra.models.egra import teacher_knn_graph
+from mmrec_egra.pipeline import stored_teachers
 
 
 def link_rates(S: sp.csr_matrix, R_train: sp.csr_matrix, R_held: sp.csr_matrix) -> tuple:
@@ -50,12 +51,10 @@ def main() -> None:
     R_held.data[:] = 1.0
     store = open_store(f"{args.data_path.rstrip('/')}/{args.dataset}/.artifacts")
     graphs = {}
-    for e in store.list():
-        meta = e["meta"]
-        if e["key"].startswith("teacher/") and meta.get("seed") == args.seed and meta.get("kind") == "final":
-            T = store.get(e["key"])[0]["items"]
-            graphs[f"teacher {meta.get('teacher')} (seed {args.seed}, EGRA's added links)"] = \
-                symmetrize(teacher_knn_graph(T, args.k, weighted=True), "max")
+    for e in stored_teachers(store, seed=args.seed, kind="final"):
+        T = store.get(e["key"])[0]["items"]
+        graphs[f"teacher {e['meta'].get('teacher')} (seed {args.seed}, EGRA's added links)"] = \
+            symmetrize(teacher_knn_graph(T, args.k, weighted=True), "max")
     for name, feat in ds.features.items():
         graphs[f"raw {name} features"] = symmetrize(knn_graph(np.asarray(feat, dtype=np.float32), args.k,
                                                                include_self=False), "max")

@@ -19,6 +19,7 @@ from typing import Any, Dict, List
 
 from mmrec_egra.artifacts import open_store
 from mmrec_egra.compare import aggregate, markdown_table
+from mmrec_egra.pipeline import stored_teachers
 
 LONGTAIL = ("head/recall@20", "tail/recall@20", "tail/ndcg@20")
 
@@ -31,13 +32,11 @@ def run_seed(run_dir: Path) -> Dict[str, Any]:
 
 
 def teacher_seed(store_dir: str, model: str, seed: int) -> Dict[str, Any]:
-    for entry in open_store(store_dir).list():
-        meta = entry.get("meta") or {}
-        if entry["key"].startswith("teacher/") and meta.get("teacher") == model and meta.get("seed") == seed \
-                and meta.get("kind") == "final":
-            return {"seed": seed, "best_epoch": meta["best_epoch"],
-                    "valid": {meta["valid_metric"]: meta["valid_score"]}, "test": meta["test"],
-                    "seconds_per_epoch": None}
+    for entry in stored_teachers(open_store(store_dir), teacher=model, seed=seed, kind="final"):
+        meta = entry["meta"]
+        return {"seed": seed, "best_epoch": meta["best_epoch"],
+                "valid": {meta["valid_metric"]: meta["valid_score"]}, "test": meta["test"],
+                "seconds_per_epoch": None}
     raise SystemExit(f"no stored 'final' export of teacher {model} seed {seed} in {store_dir}")
 
 

@@ -7,15 +7,14 @@ records them; this is how the teacher rows of beauty.md / office.md were read).
 import sys
 
 from mmrec_egra.artifacts import open_store
+from mmrec_egra.pipeline import stored_teachers
 
 
 def main(directory: str) -> None:
     store = open_store(directory)
     print("| teacher | seed | best epoch | valid R@20 | test R@10 | test R@20 | test N@10 | test N@20 | key |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for entry in store.list():             # list() already carries each entry's meta: no array reads
-        if not entry["key"].startswith("teacher/") or "error" in entry:
-            continue
+    for entry in stored_teachers(store):
         meta = entry["meta"]
         t = meta.get("test", {})
         cells = [t.get(m, float("nan")) for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")]

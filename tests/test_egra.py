@@ -291,7 +291,9 @@ def test_stage1_is_trained_once_then_reused_and_rebuilt_when_corrupt(demo_root, 
     assert second["best"]["result"]["best_valid"] == first["best"]["result"]["best_valid"]
     # a corrupted export is discarded with a warning and the teacher is trained again
     store = open_store(tmp_path / "art")
-    key = [e["key"] for e in store.list() if e["key"].startswith("teacher/")][0]
+    (entry,) = pipeline.stored_teachers(store)
+    assert entry["meta"]["teacher"] == "MGCN" and entry["meta"]["kind"] == "final"
+    key = entry["key"]
     with store.env.begin(write=True) as txn:
         v = bytearray(txn.get(key.encode()))
         v[-5] ^= 0xFF
@@ -300,6 +302,22 @@ def test_stage1_is_trained_once_then_reused_and_rebuilt_when_corrupt(demo_root, 
     run("EGRA", "demo", dict(opts), save=False)
     assert "corrupt" in caplog.text and len(trained) == 2
     assert store.get(key) is not None
+
+
+def test_stored_teachers_filters_by_teacher_seed_and_kind(tmp_path):
+    from mmrec_egra.artifacts import open_store
+    from mmrec_egra.pipeline import stored_teachers
+    store = open_store(tmp_path / "art")
+    x = {"items": np.zeros((3, 2), dtype=np.float32)}
+    store.put("teacher/a", x, {"teacher": "MGCN", "seed": 999, "kind": "final"})
+    store.put("teacher/b", x, {"teacher": "MGCN", "seed": 1, "kind": "behaviour"})
+    store.put("teacher/c", x, {"teacher": "SIGE", "seed": 999, "kind": "final"})
+    store.put("graph/d", x, {"teacher": "MGCN", "seed": 999, "kind": "final"})
+    keys = lambda **kw: sorted(e["key"] for e in stored_teachers(store, **kw))
+    assert keys() == ["teacher/a", "teacher/b", "teacher/c"]
+    assert keys(teacher="MGCN") == ["teacher/a", "teacher/b"]
+    assert keys(seed=999, kind="final") == ["teacher/a", "teacher/c"]
+    assert keys(teacher="SIGE", seed=1) == []
 
 
 def test_teacher_embeddings_file_with_wrong_shape(demo_root, tmp_path, make_env):
