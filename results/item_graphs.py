@@ -1,6 +1,7 @@
 """How informative are the item-item links EGRA adds, compared with the raw-feature graph?
 
     python results/item_graphs.py office [--data_path data/]
+    python results/item_graphs.py tiktok --data_path ../shared/data/
 
 For one dataset: the teacher kNN graph EGRA adds to its behaviour graph (k = egra_knn_k,
 self excluded, symmetrised; from the stored teacher export of seed 999), the raw-feature
@@ -18,7 +19,7 @@ import argparse
 import numpy as np
 import scipy.sparse as sp
 
-from mmrec_egra.artifacts import open_store
+from mmrec_egra.artifacts import artifact_dir_for, open_store
 from mmrec_egra.data import load_dataset
 from mmrec_egra.fit import make_config
 from mmrec_egra.graphs import knn_graph, symmetrize
@@ -49,7 +50,7 @@ def main() -> None:
     R_held = sp.csr_matrix(ds.inter_matrix("csr", "valid") + ds.inter_matrix("csr", "test"), dtype=np.float32)
     R_train.data[:] = 1.0
     R_held.data[:] = 1.0
-    store = open_store(f"{args.data_path.rstrip('/')}/{args.dataset}/.artifacts")
+    store = open_store(artifact_dir_for(config))       # where EGRA's stage 1 stored the teacher exports
     graphs = {}
     for e in stored_teachers(store, seed=args.seed, kind="final"):
         T = store.get(e["key"])[0]["items"]
