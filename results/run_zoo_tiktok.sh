@@ -14,6 +14,7 @@ python -m mmrec_egra.compare ${COMMON/$OUT/saved/qual/zoo_m} -m MENTOR --seeds 9
 python -m mmrec_egra.compare $COMMON -m LightGCN --seeds 999 1 2 --out $OUT/lightgcn
 python -m mmrec_egra.compare $COMMON -m ItemKNNCBF PGL SELFCFED_LGN --seeds 999 1 2 --out $OUT/qC
 python -m mmrec_egra.compare $COMMON -m SMORE --seeds 999 1 2 --out $OUT/smore
+python -m mmrec_egra.compare $COMMON -m LayerGCN MVGAE --seeds 999 1 2 --out $OUT/qD    # last; cut at the session's end
 wait
 
 # Investigations of the models below LightGCN (seed 999, one change each; main.py runs every
