@@ -32,12 +32,13 @@ def run_seed(run_dir: Path) -> Dict[str, Any]:
 
 
 def teacher_seed(store_dir: str, model: str, seed: int) -> Dict[str, Any]:
-    for entry in stored_teachers(open_store(store_dir), teacher=model, seed=seed, kind="final"):
-        meta = entry["meta"]
-        return {"seed": seed, "best_epoch": meta["best_epoch"],
-                "valid": {meta["valid_metric"]: meta["valid_score"]}, "test": meta["test"],
-                "seconds_per_epoch": None}
-    raise SystemExit(f"no stored 'final' export of teacher {model} seed {seed} in {store_dir}")
+    found = stored_teachers(open_store(store_dir), teacher=model, seed=seed, kind="final")
+    if not found:
+        raise SystemExit(f"no stored 'final' export of teacher {model} seed {seed} in {store_dir}")
+    meta = found[0]["meta"]
+    return {"seed": seed, "best_epoch": meta["best_epoch"],
+            "valid": {meta["valid_metric"]: meta["valid_score"]}, "test": meta["test"],
+            "seconds_per_epoch": None}
 
 
 def main() -> None:
