@@ -16,6 +16,15 @@ python -m mmrec_egra.compare $COMMON -m ItemKNNCBF PGL SELFCFED_LGN --seeds 999 
 python -m mmrec_egra.compare $COMMON -m SMORE --seeds 999 1 2 --out $OUT/smore
 python -m mmrec_egra.compare $COMMON -m LayerGCN MVGAE --seeds 999 1 2 --out $OUT/qD    # last; cut at the session's end
 wait
+# next session: seeds 1 and 2 of the one-seed models, two queues (cheapest first, so that as many
+# models as possible get three seeds; the queue was cut where results/zoo_tiktok.md says)
+python -m mmrec_egra.compare $COMMON -m DRAGON DualGNN MMGCN SLMRec GUME --seeds 1 2 --out $OUT/qE &
+( python -m mmrec_egra.compare $COMMON -m MVGAE DAMRS --seeds 1 2 --out $OUT/qF &&
+  python -m mmrec_egra.compare ${COMMON/$OUT/saved/qual/zoo_m} -m MENTOR --seeds 1 2 --out saved/qual/zoo_m/t2 &&
+  python -m mmrec_egra.compare $COMMON -m GRCN --seeds 1 2 --out $OUT/qG ) &
+wait
+# the popularity reference line (no training, seeds identical)
+python -m mmrec_egra.compare $COMMON -m Pop --seeds 999 --out $OUT/pop
 
 # Investigations of the models below LightGCN (seed 999, one change each; main.py runs every
 # combination of a grid, so the other grid keys are pinned to their defaults):
@@ -31,10 +40,56 @@ python -m mmrec_egra.compare -d tiktok --data_path ../shared/data/ --threads 1 -
 python -m mmrec_egra.compare -d tiktok --data_path ../shared/data/ --threads 1 --checkpoint_dir saved/qual/zoo_knn/l2 \
     -m ItemKNNCBF --seeds 999 --grid --feature_norm l2 --out saved/qual/zoo_knn/l2
 python results/item_graphs.py tiktok --data_path ../shared/data/
+# how much of each trained model's top-20 is popularity (best-valid weights of seed 999)
+run() { ls -d $OUT/$1-tiktok/seed=999_*/ | head -1; }
+python results/popularity_share.py --data_path ../shared/data/ LightGCN=$(run LightGCN) SMORE=$(run SMORE) \
+    DRAGON=$(run DRAGON) DualGNN=$(run DualGNN) MMGCN=$(run MMGCN)
+# TikTok's image features hold 85% of their energy in the mean vector (random pairs: cosine 0.86):
+# the same data with every feature dimension z-scored (data/tiktok_z), for the three models that
+# feed the raw features through their own layers
+mkdir -p data/tiktok_z && cp ../shared/data/tiktok/tiktok.inter data/tiktok_z/tiktok_z.inter
+python -c "
+import numpy as np
+for m in ['image', 'audio']:
+    x = np.load('../shared/data/tiktok/%s_feat.npy' % m).astype(np.float32)
+    np.save('data/tiktok_z/%s_feat.npy' % m, ((x - x.mean(0)) / x.std(0).clip(1e-6)).astype(np.float32))"
+printf 'inter_file_name: tiktok_z.inter\nmodalities:\n  image: image_feat.npy\n  audio: audio_feat.npy\n' > data/tiktok_z/tiktok_z.yaml
+python -m mmrec_egra.compare -d tiktok_z --longtail --threads 1 --stopping_step 50 --checkpoint_dir saved/qual/zoo_z \
+    -m DRAGON DualGNN MMGCN --seeds 999 --out saved/qual/zoo_z/t     # DRAGON stopped after 10 epochs (see the md)
+# single changes (other grid keys pinned)
+python main.py -m DRAGON $INV --reg_weight 0.0001 --learning_rate 0.0001
+python main.py -m MMGCN $INV --learning_rate 0.001 --reg_weight 1e-05 --weight_decay 0.0001
+python main.py -m MMGCN $INV --learning_rate 0.0001 --reg_weight 1e-05
+python main.py -m DualGNN $INV --user_knn_k 10 --reg_weight 0.0001 --learning_rate 0.0001   # stopped after 77 epochs
+python main.py -m MVGAE $INV --learning_rate 0.0005 --kl_weight 0.001
+python -m mmrec_egra.compare -d tiktok --data_path ../shared/data/ --longtail --threads 1 --stopping_step 50 \
+    --checkpoint_dir saved/qual/zoo_inv -m MMGCN --learning_rate 0.0001 --reg_weight 1e-05 --seeds 999 1 2 --out saved/qual/zoo_inv/mmgcn_lr1e-4
+# positive control on office (informative text features); office's LightGCN row is from run_office.sh
+OFF="-d office --longtail --threads 1 --stopping_step 50 --checkpoint_dir saved/qual/zoo_inv_office"
+python -m mmrec_egra.compare $OFF -m DRAGON Pop --seeds 999 --out saved/qual/zoo_inv_office/t
+python -m mmrec_egra.compare $OFF -m DualGNN --seeds 999 --out saved/qual/zoo_inv_office/t2
+# the investigations table (one folder per row; seed-999 MMGCN lr 1e-4: the --longtail run, whose result has tail metrics)
+I=saved/qual/zoo_inv; O=saved/qual/zoo_inv_office; Z=saved/qual/zoo_z
+one() { for x in $1/seed=${2}_*/; do [ -f "$x/result.json" ] && grep -q "$3" "$x/config.json" && echo "${x%/}"; done | head -1; }
+python results/seed_table.py results/zoo_tiktok_investigations.csv \
+  "tiktok Pop=$(ls -d $OUT/Pop-tiktok/seed=999*)" \
+  "tiktok MMGCN lr 1e-4=$(ls -d $I/MMGCN-tiktok/seed=*_learning_rate=0.0001_* | while read x; do grep -q 'tail/recall@20' $x/result.json && echo $x; done | paste -sd, -)" \
+  "tiktok MMGCN reg 1e-2=$(ls -d $I/MMGCN-tiktok/seed=999_learning_rate=0.001_reg_weight=0.01-*)" \
+  "tiktok MMGCN weight_decay 1e-4=$(ls -d $I/MMGCN-tiktok/seed=999_learning_rate=0.001_reg_weight=1e-05-*)" \
+  "tiktok_z MMGCN=$(ls -d $Z/MMGCN-tiktok_z/seed=999_*)" \
+  "tiktok DRAGON trainable features=$(one $I/DRAGON-tiktok 999 '"freeze_features": false')" \
+  "tiktok DRAGON n_mm_layers 0=$(one $I/DRAGON-tiktok 999 '"n_mm_layers": 0')" \
+  "tiktok DRAGON lr 1e-4=$(one $I/DRAGON-tiktok 999 '"learning_rate": 0.0001')" \
+  "tiktok_z DualGNN=$(ls -d $Z/DualGNN-tiktok_z/seed=999_*)" \
+  "tiktok MVGAE lr 5e-4=$(ls -d $I/MVGAE-tiktok/seed=999_learning_rate=0.0005_*)" \
+  "office Pop=$(ls -d $O/Pop-office/seed=999*)" \
+  "office LightGCN=$(ls -d saved/qual/office/LightGCN-office/seed=999_*)" \
+  "office DRAGON=$(ls -d $O/DRAGON-office/seed=999_*)" \
+  "office DualGNN=$(ls -d $O/DualGNN-office/seed=999_*)"
 
 # The table: every finished run folder of each model
 args=""
-for m in LightGCN SMORE SELFCFED_LGN PGL LayerGCN GRCN DAMRS MENTOR MVGAE GUME SLMRec DRAGON DualGNN MMGCN ItemKNNCBF; do
+for m in LightGCN SMORE SELFCFED_LGN PGL LayerGCN GRCN DAMRS MENTOR MVGAE GUME SLMRec DRAGON DualGNN MMGCN ItemKNNCBF Pop; do
     d=$(for x in $OUT/$m-tiktok/seed=*/ saved/qual/zoo_m/$m-tiktok/seed=*/; do [ -f "$x/result.json" ] && echo "${x%/}"; done | paste -sd, -)
     [ -n "$d" ] && args="$args $m=$d"
 done
