@@ -4,8 +4,8 @@ interactions. The reference line of RecBole's Pop and Cornac's MostPop; no train
     score(u, i) = |{v : (v, i) in train}|      (the same for every user; evaluation masks
                                                  the user's own training items)
 
-A ranking model at the level of Pop has learned popularity and nothing personal: the zoo
-table uses it to tell a model that fails to personalise from one that is merely weak.
+A model whose accuracy is at Pop's level has gained nothing over popularity (whatever its
+ranking looks like): the zoo table uses it as the floor.
 The host trains every model, so the model holds one dummy parameter and its loss is a
 constant 0 (`epochs: 1` in its yaml: one "epoch", one evaluation). Ties in the count keep
 the evaluator's top-k order (deterministic).
