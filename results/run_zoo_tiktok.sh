@@ -23,6 +23,9 @@ python -m mmrec_egra.compare $COMMON -m DRAGON DualGNN MMGCN SLMRec GUME --seeds
   python -m mmrec_egra.compare ${COMMON/$OUT/saved/qual/zoo_m} -m MENTOR --seeds 1 2 --out saved/qual/zoo_m/t2 &&
   python -m mmrec_egra.compare $COMMON -m GRCN --seeds 1 2 --out $OUT/qG ) &
 wait
+# (queue F was stopped during MENTOR seed 1, which was then resumed alone from its last.pt; MENTOR
+# seed 2 and GRCN were not run)
+python -m mmrec_egra.compare ${COMMON/$OUT/saved/qual/zoo_m} -m MENTOR --seeds 1 --out saved/qual/zoo_m/t2
 # the popularity reference line (no training, seeds identical)
 python -m mmrec_egra.compare $COMMON -m Pop --seeds 999 --out $OUT/pop
 
