@@ -47,18 +47,24 @@ def cut_grid(combos: Sequence[Dict[str, Any]], n: int) -> List[Dict[str, Any]]:
     return [combos[i] for i in idx]
 
 
-def _run_cut_grid(model: str, dataset: str, opts: Dict[str, Any], n: int, valid_metric: str):
-    """Run the cut grid of `model` (one combination per call, so finished ones are reused)
-    and return the summary of the best combination on validation."""
-    from .runner import make_config, run
+def cut_grid_opts(model: str, dataset: str, opts: Dict[str, Any], n: int) -> List[Dict[str, Any]]:
+    """The run overrides of each combination of `model`'s grid cut to at most n (`cut_grid`),
+    each pinned to one combination so that finished ones are found again."""
+    from .runner import make_config
     config = make_config(model, dataset, dict(opts))
     keys = [k for k in config.grid_keys if k != "seed"]
     combos = cut_grid([{k: c[k] for k in keys} for c in config.grid()], n)
     get_logger().info("%s: grid cut to %d of %d combination(s) (--grid-max %d)", model, len(combos),
                       len(config.grid()), n)
+    return [dict(opts, grid="first", **{k: [v] for k, v in combo.items()}) for combo in combos]
+
+
+def _run_cut_grid(model: str, dataset: str, opts: Dict[str, Any], n: int, valid_metric: str):
+    """Run the cut grid of `model` (one combination per call, so finished ones are reused)
+    and return the summary of the best combination on validation."""
+    from .runner import run
     best = None
-    for combo in combos:
-        single = dict(opts, grid="first", **{k: [v] for k, v in combo.items()})
+    for single in cut_grid_opts(model, dataset, opts, n):
         summary = run(model, dataset, single, resume=True)
         b = summary["best"]
         if b is not None and (best is None or b["result"]["best_valid"][valid_metric] >
@@ -215,6 +221,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "order, first and last kept; the same rule for every model), chosen on valid per seed")
     p.add_argument("--out", default=None, help="folder for table.md / table.csv / runs.json")
     p.add_argument("--longtail", action="store_true", help="also report head/tail test Recall@20 and NDCG@20")
+    p.add_argument("--plan", action="store_true",
+                   help="train nothing: list every run these arguments need, which are finished / partial / "
+                        "new, and the estimated time left (from finished runs in checkpoint_dir)")
     add_ray_arguments(p)
     args, rest = p.parse_known_args(argv)
     try:
@@ -241,6 +250,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         how = (f"grid cut to at most {args.grid_max} combinations, searched on valid" if args.grid_max else
                "grid searched on valid" if args.grid else "default configuration")
         title += f" (seeds {' '.join(map(str, args.seeds))}; {how})"
+        if args.plan:
+            from .plan import plan_entries, plan_markdown
+            print(f"# Plan: {title}\n\n" + plan_markdown(plan_entries(entries, args.dataset, args.seeds, overrides,
+                                                                       args.grid, args.grid_max)))
+            return 0
         if args.ray or args.ray_address:      # train every (entry, seed) as a Ray task; gathered below
             from .fanout import prerun_entries
             prerun_entries(entries, args.dataset, args.seeds, overrides, args.grid, args.grid_max,

@@ -65,6 +65,22 @@ def combo_name(combo: Dict[str, Any], key: str) -> str:
     return f"{combo_prefix(combo)}-{key[:12]}"
 
 
+def run_root_for(config: Config) -> Path:
+    """<checkpoint_dir>/<Model>-<dataset>: the folder of a model's runs on a dataset."""
+    out_root = Path(str(config["checkpoint_dir"] if config["checkpoint_dir"] is not None else "saved/"))
+    if not out_root.is_absolute():
+        out_root = Path.cwd() / out_root
+    return out_root / f"{config['model']}-{config['dataset']}"
+
+
+def combinations_to_run(config: Config) -> List[Dict[str, Any]]:
+    """The grid combinations run() trains: the whole grid, or only its first with `grid: first`."""
+    grid = config.grid()
+    if str(config["grid"] if config["grid"] is not None else "full").lower() == "first" and len(grid) > 1:
+        grid = [dict(zip(config.grid_keys, [config[k][0] for k in config.grid_keys]))]
+    return grid
+
+
 def combo_key(config: Config, dataset_fingerprint: Optional[str] = None) -> str:
     """Hash of the full resolved configuration (minus VOLATILE_KEYS) and the dataset files."""
     blob = {k: v for k, v in config.items() if k not in VOLATILE_KEYS and not str(k).startswith("_")}
@@ -203,10 +219,7 @@ def run(model: str, dataset: str, overrides: Optional[Dict[str, Any]] = None, re
     log = get_logger()
     config = make_config(model, dataset, overrides)
     name = config["model"]
-    out_root = Path(str(config["checkpoint_dir"] if config["checkpoint_dir"] is not None else "saved/"))
-    if not out_root.is_absolute():
-        out_root = Path.cwd() / out_root
-    run_root = out_root / f"{name}-{dataset}"
+    run_root = run_root_for(config)
     handler = add_log_file(run_root / "run.log") if save else None
     try:
         log.info("model %s on %s (device %s); configs: %s", name, dataset, config["device"],
@@ -218,9 +231,7 @@ def run(model: str, dataset: str, overrides: Optional[Dict[str, Any]] = None, re
         loaders = build_loaders(config, ds)
         # identity of the dataset files: a changed .inter or feature file never reuses old results
         fingerprint = ds.content_hash() if save else None
-        grid = config.grid()
-        if str(config["grid"] if config["grid"] is not None else "full").lower() == "first":
-            grid = grid[:1] if len(grid) <= 1 else [dict(zip(config.grid_keys, [config[k][0] for k in config.grid_keys]))]
+        grid = combinations_to_run(config)
         log.info("grid over %s: %d combination(s)", config.grid_keys, len(grid))
         rows: List[Dict[str, Any]] = []
         for idx, combo in enumerate(grid):
