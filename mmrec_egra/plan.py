@@ -100,12 +100,13 @@ def plan_combinations(model: str, dataset: str, opts: Dict[str, Any], cache: Dic
         teacher, teacher_key = _teacher_status(cfg, fp)
         row: Dict[str, Any] = {"model": config["model"], "combination": combo, "dir": str(run_dir),
                                "teacher": teacher, "teacher_key": teacher_key}
+        holder = None if how == "reuse" else _running(run_dir)
         if how == "reuse":
             res = prev["result"]
             row.update(status="finished", best_epoch=res.get("best_epoch"), epochs_done=res.get("epochs_run"),
                        valid=res.get("best_valid", {}).get(str(cfg["valid_metric"]).lower()))
-        elif _running(run_dir):
-            row.update(status="running", epochs_done=_epochs_done(run_dir), holder=_running(run_dir))
+        elif holder is not None:
+            row.update(status="running", epochs_done=_epochs_done(run_dir), holder=holder)
         elif (run_dir / "last.pt").is_file() or how == "continue":
             row.update(status="partial", epochs_done=_epochs_done(run_dir))
         else:
