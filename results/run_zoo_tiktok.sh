@@ -90,10 +90,29 @@ python results/seed_table.py results/zoo_tiktok_investigations.csv \
   "office DRAGON=$(ls -d $O/DRAGON-office/seed=999_*)" \
   "office DualGNN=$(ls -d $O/DualGNN-office/seed=999_*)"
 
-# The table: every finished run folder of each model
-args=""
-for m in LightGCN SMORE SELFCFED_LGN PGL LayerGCN GRCN DAMRS MENTOR MVGAE GUME SLMRec DRAGON DualGNN MMGCN ItemKNNCBF Pop; do
-    d=$(for x in $OUT/$m-tiktok/seed=*/ saved/qual/zoo_m/$m-tiktok/seed=*/; do [ -f "$x/result.json" ] && echo "${x%/}"; done | paste -sd, -)
-    [ -n "$d" ] && args="$args $m=$d"
-done
-python results/seed_table.py results/zoo_tiktok.csv $args
+# session 3 (2026-12-01, evening): GRCN seeds 1 and 2 (one process each), MGCN under the same
+# protocol (patience 50, CPU: the README's MGCN rows are GPU runs with patience 20), MENTOR seed 2,
+# and the first models of the equal-budget grid (--grid-max 2: the default and the last
+# combination of each grid, chosen on valid per seed; the default runs above are reused)
+python -m mmrec_egra.compare $COMMON -m GRCN --seeds 1 --out $OUT/qG1 &
+python -m mmrec_egra.compare $COMMON -m GRCN --seeds 2 --out $OUT/qG2 &
+python -m mmrec_egra.compare $COMMON -m ItemKNNCBF Pop LightGCN PGL SELFCFED_LGN DualGNN DRAGON --seeds 999 1 2 \
+    --grid-max 2 --out $OUT/eqA &     # stopped (SIGINT) at DRAGON seed 999, epoch ~1 of its last combination
+python -m mmrec_egra.compare $COMMON -m DualGNN --seeds 2 --grid-max 2 --out $OUT/eqD2 &   # beside queue eqA, to finish DualGNN
+( python -m mmrec_egra.compare $COMMON -m MGCN --seeds 999 1 2 --out $OUT/mgcn &&
+  python -m mmrec_egra.compare ${COMMON/$OUT/saved/qual/zoo_m} -m MENTOR --seeds 2 --out saved/qual/zoo_m/t3 ) &
+wait
+# what the whole equal-budget grid still needs, and its estimated cost (trains nothing)
+python -m mmrec_egra.compare $COMMON -m LightGCN SMORE SELFCFED_LGN PGL LayerGCN GRCN DAMRS MVGAE GUME SLMRec DRAGON \
+    DualGNN MMGCN ItemKNNCBF Pop MGCN --seeds 999 1 2 --grid-max 2 --plan
+
+# The default-configuration table: the finished runs that `compare` (default configuration)
+# would reuse, found by results/finished_runs.py (the same lookup as --plan), so that the
+# grid runs above, which share the model folders, do not enter it
+ZOO="LightGCN SMORE SELFCFED_LGN PGL LayerGCN GRCN DAMRS MVGAE GUME SLMRec DRAGON DualGNN MMGCN ItemKNNCBF Pop MGCN"
+python results/seed_table.py results/zoo_tiktok.csv \
+    $(python results/finished_runs.py $COMMON -m $ZOO --seeds 999 1 2) \
+    $(python results/finished_runs.py ${COMMON/$OUT/saved/qual/zoo_m} -m MENTOR --seeds 999 1 2)
+# the equal-budget rows finished so far: compare with --grid-max 2 reuses every run (nothing is trained)
+python -m mmrec_egra.compare $COMMON -m LightGCN PGL SELFCFED_LGN DualGNN ItemKNNCBF Pop --seeds 999 1 2 --grid-max 2 \
+    --out $OUT/grid2 && cp $OUT/grid2/table.csv results/zoo_tiktok_grid2.csv
