@@ -222,8 +222,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default=None, help="folder for table.md / table.csv / runs.json")
     p.add_argument("--longtail", action="store_true", help="also report head/tail test Recall@20 and NDCG@20")
     p.add_argument("--plan", action="store_true",
-                   help="train nothing: list every run these arguments need, which are finished / partial / "
-                        "new, and the estimated time left (from finished runs in checkpoint_dir)")
+                   help="train nothing: list every run these arguments need, which are finished / running / "
+                        "partial / new, and the estimated time left (from finished runs in checkpoint_dir)")
     add_ray_arguments(p)
     args, rest = p.parse_known_args(argv)
     try:

@@ -115,9 +115,9 @@ def plan_combinations(model: str, dataset: str, opts: Dict[str, Any], cache: Dic
     return rows
 
 
-def model_cost(run_root: Path) -> Optional[Tuple[float, float, int]]:
-    """(median epochs run, median seconds per epoch, number of runs) over the finished runs in
-    a model's folder, or None when it has none with timings."""
+def model_cost(run_root: Path) -> Optional[Tuple[float, float]]:
+    """(median epochs run, median seconds per epoch) over the finished runs in a model's
+    folder, or None when it has none with timings."""
     epochs, spe = [], []
     for path in run_root.glob("*/result.json"):
         res = (_read_json(path) or {}).get("result") or {}
@@ -126,7 +126,7 @@ def model_cost(run_root: Path) -> Optional[Tuple[float, float, int]]:
             spe.append(float(res["seconds_per_epoch"]))
     if not epochs:
         return None
-    return float(np.median(epochs)), float(np.median(spe)), len(epochs)
+    return float(np.median(epochs)), float(np.median(spe))
 
 
 def plan_entries(entries: Sequence[Entry], dataset: str, seeds: Sequence[int], overrides: Dict[str, Any],
@@ -134,7 +134,7 @@ def plan_entries(entries: Sequence[Entry], dataset: str, seeds: Sequence[int], o
     """Every run of `compare` with these arguments, with its status and estimated seconds left."""
     from .compare import cut_grid_opts, entry_opts
     cache: Dict[str, str] = {}
-    costs: Dict[str, Optional[Tuple[float, float, int]]] = {}
+    costs: Dict[str, Optional[Tuple[float, float]]] = {}
     out = []
     for label, model, entry_over in entries:
         for seed in seeds:
@@ -175,8 +175,9 @@ def plan_markdown(rows: List[Dict[str, Any]]) -> str:
     # runs of one seed share their teacher: count each export once
     teachers = len({r["teacher_key"] for r in rows if (r["teacher"] or "").startswith("to train")})
     total = (f"\n{len(rows)} run(s): {n['finished']} finished (reused), {n['running']} running now (another "
-             f"process), {n['partial']} partial (resumed), {n['new']} new. Estimated time left for {len(known)} of them: {_hours(sum(known))} of training, "
-             f"one run at a time, at the speed of each model's finished runs in this checkpoint_dir")
+             f"process), {n['partial']} partial (resumed), {n['new']} new. Estimated time left for {len(known)} "
+             f"of them: {_hours(sum(known))} of training, one run at a time, at the speed of each model's "
+             f"finished runs in this checkpoint_dir")
     if unknown:
         total += f"; {unknown} run(s) of models with no finished run here: unknown"
     if teachers:
