@@ -206,6 +206,16 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPUs per task (default: 1 when the cluster has GPUs, else 0; 0.5 shares a GPU by two)")
 
 
+def compare_overrides(rest: List[str], longtail: bool) -> Dict[str, Any]:
+    """The config overrides of a compare command line (its `--key value` pairs and --longtail);
+    also used by results/finished_runs.py, so that both find the same run folders."""
+    overrides = parse_cli_overrides(rest)
+    overrides.setdefault("show_progress", False)
+    if longtail:
+        overrides["longtail_eval"] = True
+    return overrides
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmrec_egra.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,11 +237,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_ray_arguments(p)
     args, rest = p.parse_known_args(argv)
     try:
-        overrides = parse_cli_overrides(rest)
-        overrides.setdefault("show_progress", False)
+        overrides = compare_overrides(rest, args.longtail)
         extra = ("head/recall@20", "tail/recall@20", "tail/ndcg@20") if args.longtail else ()
-        if args.longtail:
-            overrides["longtail_eval"] = True
         if args.ablation:
             entries = ablation_entries(args.ablation, dict(overrides, dataset=args.dataset))
             if args.arms:

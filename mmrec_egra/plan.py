@@ -67,9 +67,10 @@ def _running(run_dir: Path) -> Optional[str]:
     return None
 
 
-def _teacher_status(cfg, fingerprint: str) -> Tuple[Optional[str], Optional[str]]:
+def _teacher_status(cfg, fingerprint: str, seen: Dict[str, bool]) -> Tuple[Optional[str], Optional[str]]:
     """(status, store key) of the stage-1 teacher of a model that has one (EGRA): 'file',
-    'stored' or 'to train (<Teacher>)'; (None, None) for every other model."""
+    'stored' or 'to train (<Teacher>)'; (None, None) for every other model. `seen` memoises
+    the store lookup per key (every grid combination of one seed shares its teacher)."""
     if cfg["teacher_model"] is None:
         return None, None
     if cfg["teacher_embeddings_file"]:
@@ -78,13 +79,17 @@ def _teacher_status(cfg, fingerprint: str) -> Tuple[Optional[str], Optional[str]
     from .pipeline import export_key, teacher_config_for
     tcfg = teacher_config_for(cfg)
     key = export_key(fingerprint, tcfg, str(cfg["teacher_embedding"] or "final"))
-    store_dir = artifact_dir_for(cfg)
-    stored = (store_dir / "data.mdb").is_file() and open_store(store_dir).get(key) is not None
-    return ("stored" if stored else f"to train ({tcfg['model']})"), key
+    if key not in seen:            # get() also checks that the entry unpacks: a corrupt one is retrained
+        store_dir = artifact_dir_for(cfg)
+        seen[key] = (store_dir / "data.mdb").is_file() and open_store(store_dir).get(key) is not None
+    return ("stored" if seen[key] else f"to train ({tcfg['model']})"), key
 
 
-def plan_combinations(model: str, dataset: str, opts: Dict[str, Any], cache: Dict[str, str]) -> List[Dict[str, Any]]:
-    """One row per combination that `runner.run(model, dataset, opts)` would train."""
+def plan_combinations(model: str, dataset: str, opts: Dict[str, Any], cache: Dict[str, str],
+                      teachers: Optional[Dict[str, bool]] = None) -> List[Dict[str, Any]]:
+    """One row per combination that `runner.run(model, dataset, opts)` would train
+    (`cache`: dataset fingerprints, `teachers`: teacher lookups, both shared across calls)."""
+    teachers = {} if teachers is None else teachers
     from .runner import (combinations_to_run, combo_key, combo_name, make_config, resume_plan,
                          run_root_for)
     config = make_config(model, dataset, dict(opts))
@@ -97,7 +102,7 @@ def plan_combinations(model: str, dataset: str, opts: Dict[str, Any], cache: Dic
         run_dir = root / combo_name(combo, key)
         prev = _read_json(run_dir / "result.json")
         how = resume_plan(prev, key, cfg["epochs"]) if prev and "result" in prev else "fresh"
-        teacher, teacher_key = _teacher_status(cfg, fp)
+        teacher, teacher_key = _teacher_status(cfg, fp, teachers)
         row: Dict[str, Any] = {"model": config["model"], "combination": combo, "dir": str(run_dir),
                                "teacher": teacher, "teacher_key": teacher_key}
         holder = None if how == "reuse" else _running(run_dir)
@@ -134,13 +139,14 @@ def plan_entries(entries: Sequence[Entry], dataset: str, seeds: Sequence[int], o
     """Every run of `compare` with these arguments, with its status and estimated seconds left."""
     from .compare import cut_grid_opts, entry_opts
     cache: Dict[str, str] = {}
+    teachers: Dict[str, bool] = {}
     costs: Dict[str, Optional[Tuple[float, float]]] = {}
     out = []
     for label, model, entry_over in entries:
         for seed in seeds:
             opts = entry_opts(label, model, entry_over, overrides, seed, full_grid)
             for single in (cut_grid_opts(model, dataset, opts, grid_max) if grid_max else [opts]):
-                for row in plan_combinations(model, dataset, single, cache):
+                for row in plan_combinations(model, dataset, single, cache, teachers):
                     root = str(Path(row["dir"]).parent)
                     if root not in costs:
                         costs[root] = model_cost(Path(root))

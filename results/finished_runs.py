@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from mmrec_egra.config import parse_cli_overrides
+from mmrec_egra.compare import compare_overrides
 from mmrec_egra.plan import plan_entries
 from mmrec_egra.utils import get_logger
 
@@ -28,10 +28,7 @@ def main() -> None:
     ap.add_argument("--longtail", action="store_true")
     args, rest = ap.parse_known_args()
     get_logger().setLevel(logging.WARNING)     # stdout carries only the arguments
-    overrides = parse_cli_overrides(rest)
-    overrides.setdefault("show_progress", False)
-    if args.longtail:
-        overrides["longtail_eval"] = True
+    overrides = compare_overrides(rest, args.longtail)
     rows = plan_entries([(m, m, {}) for m in args.models], args.dataset, args.seeds, overrides,
                         grid_max=args.grid_max)
     out = []
