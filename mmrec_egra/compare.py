@@ -166,15 +166,20 @@ def write_tables(out_dir: Path, title: str, rows: List[Dict[str, Any]], valid_me
     out_dir.mkdir(parents=True, exist_ok=True)
     md = f"# {title}\n\n" + markdown_table(rows, valid_metric, extra_keys) + "\n"
     atomic_write(out_dir / "table.md", lambda fh: fh.write(md))
+    write_csv(out_dir / "table.csv", rows)
+    write_json(out_dir / "runs.json", rows)
+    return out_dir / "table.md"
+
+
+def write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
+    """The aggregated rows as CSV (every key of the first row but the per-seed `runs`), written atomically."""
     buf = io.StringIO()
     keys = [k for k in rows[0] if k != "runs"] if rows else []
     w = csv.DictWriter(buf, fieldnames=keys)
     w.writeheader()
     for r in rows:
-        w.writerow({k: r[k] for k in keys})
-    atomic_write(out_dir / "table.csv", lambda fh: fh.write(buf.getvalue()))
-    write_json(out_dir / "runs.json", rows)
-    return out_dir / "table.md"
+        w.writerow({k: r.get(k) for k in keys})
+    atomic_write(Path(path), lambda fh: fh.write(buf.getvalue()))
 
 
 def ablation_entries(model: str, overrides: Dict[str, Any]) -> List[Entry]:

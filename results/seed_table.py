@@ -12,13 +12,12 @@ row average the other seeds only and are left out when any seed lacks them).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 from typing import Any, Dict, List
 
 from mmrec_egra.artifacts import open_store
-from mmrec_egra.compare import aggregate, markdown_table
+from mmrec_egra.compare import aggregate, markdown_table, write_csv
 from mmrec_egra.pipeline import stored_teachers
 
 LONGTAIL = ("head/recall@20", "tail/recall@20", "tail/ndcg@20")
@@ -66,11 +65,7 @@ def main() -> None:
         for k in keys:
             r.setdefault(f"test_{k}_mean", None)
             r.setdefault(f"test_{k}_std", None)
-    fields = [k for k in rows[0] if k != "runs"]
-    with open(args.out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(Path(args.out), rows)
     print(markdown_table(rows, "recall@20", keys))
 
 

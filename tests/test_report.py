@@ -237,3 +237,20 @@ def test_a_failing_picture_does_not_lose_the_run(tmp_path, monkeypatch, caplog):
         report.after_combination(tmp_path, {"valid_metric": "Recall@20", "model": "BPR", "dataset": "demo",
                                             "log_backend": None})
     assert "could not write the pictures" in caplog.text and "renderer broke" in caplog.text
+
+
+def test_write_csv_one_column_set_and_no_per_seed_runs(tmp_path):
+    """compare's table.csv (and results/seed_table.py): the first row's columns, `runs` left out,
+    a row lacking a column (a teacher seed with no long-tail split) gets an empty cell."""
+    import csv as _csv
+    from mmrec_egra.compare import write_csv
+    (with_tail, _), (plain, _) = _rows(longtail=True), _rows(longtail=False)
+    path = tmp_path / "t.csv"
+    write_csv(path, [with_tail[0], plain[1]])
+    got = list(_csv.DictReader(open(path, newline="")))
+    assert "runs" not in got[0] and [r["model"] for r in got] == ["BPR", "LightGCN"]
+    assert float(got[0]["test_recall@10_mean"]) == pytest.approx(0.5)
+    assert float(got[0]["test_recall@10_std"]) == pytest.approx(0.1)
+    assert float(got[0]["test_tail/recall@20_mean"]) == pytest.approx(0.05)
+    assert got[1]["test_tail/recall@20_mean"] == "" and float(got[1]["test_recall@20_mean"]) == pytest.approx(0.8)
+    assert not list(tmp_path.glob("*.tmp*"))
