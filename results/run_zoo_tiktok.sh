@@ -116,3 +116,28 @@ python results/seed_table.py results/zoo_tiktok.csv \
 # the equal-budget rows finished so far: compare with --grid-max 2 reuses every run (nothing is trained)
 python -m mmrec_egra.compare $COMMON -m LightGCN PGL SELFCFED_LGN DualGNN ItemKNNCBF Pop --seeds 999 1 2 --grid-max 2 \
     --out $OUT/grid2 && cp $OUT/grid2/table.csv results/zoo_tiktok_grid2.csv
+
+# session 4 (2026-12-01/02, night): more of the equal-budget grid (the last combination of each
+# grid; the default runs are reused), two or three queues sharing the 2 cores with the EGRA and
+# beauty runs of #11. The SMORE queue was stopped (SIGINT, last.pt kept: the same command
+# resumes it) at epoch 54 of seed 999's last combination (knn_k 40, 2 layers, cl_loss 0.1: slow
+# climb, ~30 s/epoch under that load) in favour of the cheaper models.
+python -m mmrec_egra.compare $COMMON -m DRAGON SMORE MVGAE LayerGCN --seeds 999 1 2 --grid-max 2 --out $OUT/eqB &
+python -m mmrec_egra.compare $COMMON -m MMGCN MGCN SLMRec GUME --seeds 999 1 2 --grid-max 2 --out $OUT/eqC &
+python -m mmrec_egra.compare $COMMON -m MVGAE LayerGCN DRAGON MMGCN --seeds 999 1 2 --grid-max 2 --out $OUT/eqE &
+# issue #11 under the same budget: EGRA (static alignment, SIGE teacher: the configuration chosen
+# on valid) with its lambda_max grid cut to {0.01, 0.1}; the 0.01 runs are the 3-seed runs of
+# tiktok_egra_static_sige_teacher_3seeds.csv, reused
+python -m mmrec_egra.compare -d tiktok --data_path ../shared/data/ --longtail --threads 1 --stopping_step 50 \
+    --checkpoint_dir saved/qual/tiktok_tsige --teacher_model SIGE --ablation EGRA --arms static_alignment \
+    --seeds 999 1 2 --grid-max 2 --out saved/qual/tiktok_tsige/eq2 &
+python -m mmrec_egra.compare -d beauty --longtail --threads 1 --stopping_step 50 --checkpoint_dir saved/qual/beauty \
+    -m SIGE --seeds 2 --out saved/qual/beauty/s2 &     # results/beauty.md
+wait
+cp saved/qual/tiktok_tsige/eq2/table.csv results/tiktok_egra_static_sige_teacher_grid2.csv
+# the queue of MGCN and the rest (eqC) was stopped (SIGINT) at epoch 3 of MGCN seed 2's cl_loss 0.1
+# run: seeds 999 and 1 of MGCN's last combination are finished; SLMRec and GUME not started
+# (eqE was stopped the same way after MVGAE, at epoch 1 of LayerGCN seed 999's last combination)
+# the equal-budget rows finished so far (reuse only: nothing is trained)
+python -m mmrec_egra.compare $COMMON -m LightGCN PGL SELFCFED_LGN DualGNN ItemKNNCBF Pop DRAGON MMGCN MVGAE \
+    --seeds 999 1 2 --grid-max 2 --out $OUT/grid2 && cp $OUT/grid2/table.csv results/zoo_tiktok_grid2.csv
