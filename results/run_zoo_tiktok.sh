@@ -141,3 +141,16 @@ cp saved/qual/tiktok_tsige/eq2/table.csv results/tiktok_egra_static_sige_teacher
 # the equal-budget rows finished so far (reuse only: nothing is trained)
 python -m mmrec_egra.compare $COMMON -m LightGCN PGL SELFCFED_LGN DualGNN ItemKNNCBF Pop DRAGON MMGCN MVGAE \
     --seeds 999 1 2 --grid-max 2 --out $OUT/grid2 && cp $OUT/grid2/table.csv results/zoo_tiktok_grid2.csv
+
+# session 5 (2026-12-02): the equal-budget grid continued, three queues sharing the 2 cores
+# (the partial runs of session 4 resumed from last.pt: LayerGCN seed 1, SMORE seed 999, MGCN seed 2)
+python -m mmrec_egra.compare $COMMON -m LayerGCN SLMRec GUME --seeds 999 1 2 --grid-max 2 --out $OUT/eqF &
+python -m mmrec_egra.compare $COMMON -m DAMRS --seeds 999 1 2 --grid-max 2 --out $OUT/eqG &
+python -m mmrec_egra.compare $COMMON -m MGCN SMORE --seeds 999 1 2 --grid-max 2 --out $OUT/eqH &
+wait
+# eqF was stopped (SIGINT, last.pt kept) at epoch 0 of GUME seed 1's last combination, once
+# GUME seed 999's had finished; the other two queues finished. The equal-budget table of the
+# fourteen models finished (reuse only: nothing is trained)
+python -m mmrec_egra.compare $COMMON -m LightGCN PGL SELFCFED_LGN DualGNN ItemKNNCBF Pop DRAGON MMGCN MVGAE \
+    LayerGCN SLMRec SMORE DAMRS MGCN --seeds 999 1 2 --grid-max 2 --out $OUT/grid2 \
+    && cp $OUT/grid2/table.csv results/zoo_tiktok_grid2.csv
