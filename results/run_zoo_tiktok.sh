@@ -149,8 +149,11 @@ python -m mmrec_egra.compare $COMMON -m DAMRS --seeds 999 1 2 --grid-max 2 --out
 python -m mmrec_egra.compare $COMMON -m MGCN SMORE --seeds 999 1 2 --grid-max 2 --out $OUT/eqH &
 wait
 # eqF was stopped (SIGINT, last.pt kept) at epoch 0 of GUME seed 1's last combination, once
-# GUME seed 999's had finished; the other two queues finished. The equal-budget table of the
-# fourteen models finished (reuse only: nothing is trained)
+# GUME seed 999's had finished; the other two queues finished. Then GUME seeds 1 and 2 side by side:
+python -m mmrec_egra.compare $COMMON -m GUME --seeds 1 --grid-max 2 --out $OUT/eqI1 &
+python -m mmrec_egra.compare $COMMON -m GUME --seeds 2 --grid-max 2 --out $OUT/eqI2 &
+wait
+# the equal-budget table of the fifteen models finished (reuse only: nothing is trained)
 python -m mmrec_egra.compare $COMMON -m LightGCN PGL SELFCFED_LGN DualGNN ItemKNNCBF Pop DRAGON MMGCN MVGAE \
-    LayerGCN SLMRec SMORE DAMRS MGCN --seeds 999 1 2 --grid-max 2 --out $OUT/grid2 \
+    LayerGCN SLMRec SMORE DAMRS GUME MGCN --seeds 999 1 2 --grid-max 2 --out $OUT/grid2 \
     && cp $OUT/grid2/table.csv results/zoo_tiktok_grid2.csv
