@@ -349,13 +349,54 @@ class _SpMM(torch.autograd.Function):
             perm, crow_t, col_t = mat.transpose_structure()
             g_x = _csr_mm(_csr(crow_t, col_t, values[perm], (mat.shape[1], mat.shape[0])), grad)
         if ctx.needs_input_grad[0]:
-            # dL/dA_rc = <grad_r, x_c>, only on the pattern (in bounded chunks of edges)
-            g_values = torch.empty_like(values)
-            step = max(1, (1 << 22) // max(1, x.shape[1]))
-            for s in range(0, mat.nnz, step):
-                e = min(mat.nnz, s + step)
-                g_values[s:e] = (grad[mat.rows[s:e]] * x[mat.cols[s:e]]).sum(-1)
+            g_values = pattern_dots(mat, grad, x)       # dL/dA_rc = <grad_r, x_c>, on the pattern only
         return g_values, g_x, None
+
+
+class _PatternDots(torch.autograd.Function):
+    """s_e = <a_r, b_c> for every entry e = (r, c) of a pattern; dL/da = S b and
+    dL/db = S^T a with S the pattern carrying dL/ds (two CSR products, no scatter)."""
+
+    @staticmethod
+    def forward(ctx, a, b, mat):
+        ctx.mat = mat
+        ctx.save_for_backward(a, b)
+        return pattern_dots(mat, a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        mat = ctx.mat
+        grad = grad.contiguous()
+        g_a = g_b = None
+        if ctx.needs_input_grad[0]:
+            g_a = _csr_mm(_csr(mat.crow, mat.cols, grad, mat.shape), b.contiguous())
+        if ctx.needs_input_grad[1]:
+            perm, crow_t, col_t = mat.transpose_structure()
+            g_b = _csr_mm(_csr(crow_t, col_t, grad.index_select(0, perm), (mat.shape[1], mat.shape[0])),
+                          a.contiguous())
+        return g_a, g_b, None
+
+
+def pattern_dots(mat: "SparseMat", a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """<a_r, b_c> for every stored entry (r, c) of `mat`, in its (row, col) order (not
+    differentiable). On CPU one sampled dense-dense product (torch.sparse.sampled_addmm: no
+    gathered [nnz, d] copies, ~9x faster than gathering at d=64); elsewhere gathers in
+    bounded chunks of entries. Either way each value is one dot product: deterministic."""
+    if a.device.type == "cpu" and a.dtype == b.dtype and a.dtype in (torch.float32, torch.float64):
+        pattern = _csr(mat.crow, mat.cols, torch.zeros(mat.nnz, dtype=a.dtype), mat.shape)
+        return torch.sparse.sampled_addmm(pattern, a.contiguous(), b.t(), beta=0.0).values()
+    return _gathered_dots(mat, a, b)
+
+
+def _gathered_dots(mat: "SparseMat", a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """pattern_dots by gathering rows, in chunks of entries bounded to ~4M gathered floats."""
+    out = torch.empty(mat.nnz, dtype=a.dtype, device=a.device)
+    step = max(1, (1 << 22) // max(1, a.shape[1]))
+    for s in range(0, mat.nnz, step):
+        e = min(mat.nnz, s + step)
+        out[s:e] = (a.index_select(0, mat.rows[s:e]) * b.index_select(0, mat.cols[s:e])).sum(-1)
+    return out
 
 
 class SparseMat:
@@ -463,6 +504,19 @@ class SparseMat:
         return _csr_mm(a, x)
 
     __matmul__ = mm
+
+    def edge_dots(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """<a_r, b_c> for every stored entry (r, c), in (row, col) order: a [n, d], b [m, d].
+        Differentiable in a and b; the same numbers as gathering the rows and summing their
+        products, without the [nnz, d] gathered copies (see pattern_dots)."""
+        if a.shape[0] != self.shape[0] or b.shape[0] != self.shape[1] or a.shape[1] != b.shape[1]:
+            raise ValueError(f"edge_dots: a {tuple(a.shape)} and b {tuple(b.shape)} do not fit a "
+                             f"{self.shape} matrix (expected [{self.shape[0]}, d] and [{self.shape[1]}, d])")
+        if b.dtype != a.dtype:
+            b = b.to(a.dtype)
+        if (a.requires_grad or b.requires_grad) and torch.is_grad_enabled():
+            return _PatternDots.apply(a, b, self)
+        return pattern_dots(self, a, b)
 
     # ---- properties and conversions -------------------------------------------------
     @property

@@ -88,3 +88,28 @@ def test_info_nce_against_all_candidates_matches_hand_computation():
     assert torch.allclose(info_nce(a, c, 0.5, reduction="sum", positives=pos), want, atol=1e-5)
     with pytest.raises(ValueError, match="reduction"):
         info_nce(a, a, 0.5, reduction="max")
+
+
+def test_edge_dots_match_dense_products_and_their_gradients():
+    from mmrec_egra.graphs import _gathered_dots
+    A = _random(12, 9, seed=3).tolil()
+    A[4, :] = 0                                  # an empty row
+    A = sp.csr_matrix(A)
+    A.eliminate_zeros()
+    S = SparseMat.of(A)
+    a = torch.randn(12, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    s = S.edge_dots(a, b)
+    ad, bd = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    dense = (ad @ bd.t())[S.rows, S.cols]
+    assert s.shape == (S.nnz,) and torch.allclose(s, dense)
+    assert torch.allclose(_gathered_dots(S, a.detach(), b.detach()), dense.detach())   # the non-CPU path
+    w = torch.randn(S.nnz, dtype=torch.float64)
+    (s * w).sum().backward()
+    (dense * w).sum().backward()
+    assert torch.allclose(a.grad, ad.grad) and torch.allclose(b.grad, bd.grad)
+    assert torch.autograd.gradcheck(lambda x, y: S.edge_dots(x, y), (a.detach().requires_grad_(), b.detach().requires_grad_()))
+    with torch.no_grad():
+        assert torch.equal(S.edge_dots(a, b), s.detach())             # same numbers without autograd
+    with pytest.raises(ValueError, match="do not fit"):
+        S.edge_dots(a, a)

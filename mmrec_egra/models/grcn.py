@@ -54,7 +54,7 @@ def routed_preferences(R: SparseMat, base: torch.Tensor, content: torch.Tensor, 
     """
     p = F.normalize(base, dim=-1)
     for _ in range(iters):
-        score = (p.index_select(0, R.rows) * content.index_select(0, R.cols)).sum(-1)
+        score = R.edge_dots(p, content)
         e = score.exp()                                    # |score| <= 1: no overflow
         denom = R.with_values(e).row_sums().clamp_min(1e-12)
         alpha = e / denom.index_select(0, R.rows)
@@ -121,8 +121,7 @@ class GRCN(GeneralRecommender):
 
     def edge_weights(self, content: Dict[str, torch.Tensor], prefs: Dict[str, torch.Tensor]) -> torch.Tensor:
         """w_e = relu(max_m (or mean_m) p_u^m . h_i^m) for every training edge e (CSR order of R)."""
-        conf = torch.stack([(prefs[n].index_select(0, self.R.rows) * content[n].index_select(0, self.R.cols)).sum(-1)
-                            for n in self.names])
+        conf = torch.stack([self.R.edge_dots(prefs[n], content[n]) for n in self.names])
         agg = conf.max(0).values if self.weight_mode == "max" else conf.mean(0)
         return F.relu(agg)
 
