@@ -62,8 +62,24 @@ def _run(name: str, data_root: str, work: str) -> dict:
 
 
 def machine() -> dict:
+    """What decides the float kernels: torch, the CPU and its vector instruction sets. A VM may
+    name every CPU "AMD EPYC"; Zen 3 and Zen 4 (AVX-512) then differ in the last bits."""
     return {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "cpuinfo": _cpu_model()}
+            "cpuinfo": _cpu_model(), "isa": _cpu_isa()}
+
+
+def _cpu_isa() -> str:
+    """'family F model M: <vector flags>' from /proc/cpuinfo ('' where there is none)."""
+    try:
+        info = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        return ""
+    vector = sorted(f for f in info.get("flags", "").split()
+                    if f.startswith(("sse", "ssse", "avx", "fma", "amx", "f16c")))
+    return f"family {info.get('cpu family', '?')} model {info.get('model', '?')}: {' '.join(vector)}"
 
 
 def _cpu_model() -> str:

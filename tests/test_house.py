@@ -73,11 +73,13 @@ FAST_MODELS = ["BPR", "LightGCN", "FREEDOM", "LATTICE", "DualGNN", "PGL", "SELFC
 
 @pytest.mark.parametrize("name", FAST_MODELS)
 def test_demo_metrics_identical_to_reference(demo_root, tmp_path, name):
-    """Two epochs on demo reproduce tests/data/demo_identity.json bit for bit: recorded before the
-    sparse/config/InfoNCE consolidation; regenerate it only for a change meant to alter numbers
-    (`python tests/identity_run.py tests/data/demo_identity.json`). Exact equality assumes the
-    recording machine's kernels (torch version, CPU); elsewhere float reductions may differ in
-    the last bits, so other machines compare to 1e-6 relative."""
+    """Two epochs on demo reproduce tests/data/demo_identity.json bit for bit on a machine with
+    the recording machine's kernels (torch version, CPU model, vector instruction sets: see
+    identity_run.machine); regenerate it only for a change meant to alter numbers
+    (`python tests/identity_run.py tests/data/demo_identity.json`). Elsewhere float reductions
+    differ in the last bits: the losses must agree to 1e-6 relative, and the metrics to 1e-4
+    absolute, since a last-bit score difference can swap two tied items in one user's ranking
+    (measured between a Zen 3 and a Zen 4 EPYC: losses 3e-9 apart, DRAGON's test map@10 5e-6)."""
     import identity_run
     ref = _reference()
     got = identity_run.run_model(name, demo_root, str(tmp_path / "work"))
@@ -85,8 +87,11 @@ def test_demo_metrics_identical_to_reference(demo_root, tmp_path, name):
     if identity_run.machine() == ref["machine"]:
         assert got == want
     else:
-        flat = lambda r: r["losses"] + [r[s][k] for s in ("valid", "test") for k in sorted(r[s])]
-        assert flat(got) == pytest.approx(flat(want), rel=1e-6, abs=1e-9)
+        assert got["losses"] == pytest.approx(want["losses"], rel=1e-6)
+        for split in ("valid", "test"):
+            assert sorted(got[split]) == sorted(want[split])
+            for k in want[split]:
+                assert got[split][k] == pytest.approx(want[split][k], rel=0, abs=1e-4), (split, k)
 
 
 def test_compare_stops_with_one_line_on_interrupt(monkeypatch, capsys):
