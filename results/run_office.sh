@@ -14,3 +14,14 @@ nice -n 5 python -m mmrec_egra.compare $COMMON -m EGRA --seeds 999 --out $OUT/t_
 wait
 # the remaining protocol (not run here): 3 seeds, SIGE, then the gather call
 # nice -n 5 python -m mmrec_egra.compare $COMMON -m BPR LightGCN VBPR FREEDOM MGCN EGRA SIGE --seeds 999 1 2 --out $OUT/all
+
+# session 6 (2026-12-02, a fresh machine; data/office rebuilt with the `mmrec-egra prepare` command
+# of the README): SMORE, the best zoo model on TikTok, under the equal budget on 3 seeds, and more
+# models at their defaults on seed 999 (two queues beside three TikTok runs; both finished)
+python -m mmrec_egra.compare $COMMON -m SMORE --seeds 999 --out $OUT/smore999
+python -m mmrec_egra.compare $COMMON -m SMORE --seeds 1 2 --out $OUT/smore12
+python -m mmrec_egra.compare $COMMON -m SMORE --seeds 999 1 2 --grid-max 2 --out $OUT/smore_grid2 \
+    && cp $OUT/smore_grid2/table.csv results/office_smore_grid2.csv
+python -m mmrec_egra.compare $COMMON -m LayerGCN SELFCFED_LGN PGL BM3 --seeds 999 --out $OUT/zooA &
+python -m mmrec_egra.compare $COMMON -m LGMRec GUME DAMRS FREEDOM --seeds 999 --out $OUT/zooB &
+wait
