@@ -316,6 +316,14 @@ def _csr_mm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.addmm(out, a, x, beta=0.0, out=out)
 
 
+def _pattern_mm(mat: "SparseMat", values: torch.Tensor, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """A @ x (or A^T @ x) for A = `mat`'s pattern carrying `values` in its entry order."""
+    if not transpose:
+        return _csr_mm(_csr(mat.crow, mat.cols, values, mat.shape), x)
+    perm, crow_t, col_t = mat.transpose_structure()
+    return _csr_mm(_csr(crow_t, col_t, values.index_select(0, perm), (mat.shape[1], mat.shape[0])), x)
+
+
 class _FixedSpMM(torch.autograd.Function):
     """y = A x for a constant A; dL/dx = A^T g with the CSR of A^T built once."""
 
@@ -337,7 +345,7 @@ class _SpMM(torch.autograd.Function):
     def forward(ctx, values, x, mat):
         ctx.mat = mat
         ctx.save_for_backward(values, x)
-        return _csr_mm(_csr(mat.crow, mat.cols, values, mat.shape), x)
+        return _pattern_mm(mat, values, x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -346,8 +354,7 @@ class _SpMM(torch.autograd.Function):
         grad = grad.contiguous()
         g_values = g_x = None
         if ctx.needs_input_grad[1]:
-            perm, crow_t, col_t = mat.transpose_structure()
-            g_x = _csr_mm(_csr(crow_t, col_t, values[perm], (mat.shape[1], mat.shape[0])), grad)
+            g_x = _pattern_mm(mat, values, grad, transpose=True)
         if ctx.needs_input_grad[0]:
             g_values = pattern_dots(mat, grad, x)       # dL/dA_rc = <grad_r, x_c>, on the pattern only
         return g_values, g_x, None
@@ -370,11 +377,9 @@ class _PatternDots(torch.autograd.Function):
         grad = grad.contiguous()
         g_a = g_b = None
         if ctx.needs_input_grad[0]:
-            g_a = _csr_mm(_csr(mat.crow, mat.cols, grad, mat.shape), b.contiguous())
+            g_a = _pattern_mm(mat, grad, b.contiguous())
         if ctx.needs_input_grad[1]:
-            perm, crow_t, col_t = mat.transpose_structure()
-            g_b = _csr_mm(_csr(crow_t, col_t, grad.index_select(0, perm), (mat.shape[1], mat.shape[0])),
-                          a.contiguous())
+            g_b = _pattern_mm(mat, grad, a.contiguous(), transpose=True)
         return g_a, g_b, None
 
 
@@ -507,8 +512,8 @@ class SparseMat:
 
     def edge_dots(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """<a_r, b_c> for every stored entry (r, c), in (row, col) order: a [n, d], b [m, d].
-        Differentiable in a and b; the same numbers as gathering the rows and summing their
-        products, without the [nnz, d] gathered copies (see pattern_dots)."""
+        Differentiable in a and b; the products of gathering the rows (summed in another
+        order on the CPU), without the [nnz, d] gathered copies (see pattern_dots)."""
         if a.shape[0] != self.shape[0] or b.shape[0] != self.shape[1] or a.shape[1] != b.shape[1]:
             raise ValueError(f"edge_dots: a {tuple(a.shape)} and b {tuple(b.shape)} do not fit a "
                              f"{self.shape} matrix (expected [{self.shape[0]}, d] and [{self.shape[1]}, d])")
