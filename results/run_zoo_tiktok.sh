@@ -182,3 +182,15 @@ D=saved/qual/zoo_inv/DAMRS-tiktok
 python results/seed_table.py /tmp/damrs_inv.csv "tiktok DAMRS denoise_alpha 0=$(ls -d $D/seed=999_denoise_alpha=0_*)" \
     "tiktok DAMRS n_mm_layers 0=$(ls -d $D/seed=999_denoise_alpha=0.5_*)"
 python -c "import csv; r=list(csv.reader(open('/tmp/damrs_inv.csv'))); csv.writer(open('results/zoo_tiktok_investigations.csv','a',newline=''),lineterminator='\n').writerows(r[1:])"
+
+# session 7 (2026-12-02; the session-6 machine, so data/office and session 6's folders were still
+# there): GRCN under the equal budget, one process per seed (its default runs trained again: the
+# session-6 sampled-product change reorders GRCN's sums, so the old default runs are not reused)
+G=saved/qual/zoo_g
+for s in 999 1 2; do
+    python -m mmrec_egra.compare ${COMMON/$OUT/$G} -m GRCN --seeds $s --grid-max 2 --out $G/g2_$s &
+done
+wait
+# GRCN's row (reuse only), appended to zoo_tiktok_grid2.csv (seventeen models now)
+python -m mmrec_egra.compare ${COMMON/$OUT/$G} -m GRCN --seeds 999 1 2 --grid-max 2 --out $G/grid2
+python -c "import csv,sys; r=list(csv.reader(open('$G/grid2/table.csv'))); h=next(csv.reader(open('results/zoo_tiktok_grid2.csv'))); assert r[0]==h, (r[0], h); csv.writer(open('results/zoo_tiktok_grid2.csv','a',newline=''),lineterminator='\n').writerows(r[1:])"
