@@ -25,3 +25,20 @@ python -m mmrec_egra.compare $COMMON -m SMORE --seeds 999 1 2 --grid-max 2 --out
 python -m mmrec_egra.compare $COMMON -m LayerGCN SELFCFED_LGN PGL BM3 --seeds 999 --out $OUT/zooA &
 python -m mmrec_egra.compare $COMMON -m LGMRec GUME DAMRS FREEDOM --seeds 999 --out $OUT/zooB &
 wait
+
+# session 7 (2026-12-02, the session-6 machine: data/office and its runs were still there): the
+# equal budget (--grid-max 2) for MGCN, SIGE and the four best seed-999 baselines, 3 seeds each,
+# several processes at once (each reuses the finished runs of its model and seed)
+python -m mmrec_egra.compare $COMMON -m PGL FREEDOM LGMRec --seeds 999 1 2 --grid-max 2 --out $OUT/eq7A &
+for s in 999 1 2; do
+    python -m mmrec_egra.compare $COMMON -m MGCN --seeds $s --grid-max 2 --out $OUT/mgcn_g2_$s &
+    python -m mmrec_egra.compare $COMMON -m SIGE --seeds $s --grid-max 2 --out $OUT/sige_g2_$s &
+done
+wait
+for s in 999 1 2; do
+    python -m mmrec_egra.compare $COMMON -m GUME --seeds $s --grid-max 2 --out $OUT/gume_g2_$s &
+done
+wait
+# the table (reuse only: trains nothing), SMORE's session-6 runs included
+python -m mmrec_egra.compare $COMMON -m MGCN SIGE SMORE PGL FREEDOM LGMRec GUME --seeds 999 1 2 --grid-max 2 \
+    --out $OUT/grid2 && cp $OUT/grid2/table.csv results/office_grid2.csv
