@@ -42,3 +42,10 @@ wait
 # the table (reuse only: trains nothing), SMORE's session-6 runs included
 python -m mmrec_egra.compare $COMMON -m MGCN SIGE SMORE PGL FREEDOM LGMRec GUME --seeds 999 1 2 --grid-max 2 \
     --out $OUT/grid2 && cp $OUT/grid2/table.csv results/office_grid2.csv
+# then DAMRS (three processes), and the table again with it (reuse only)
+for s in 999 1 2; do
+    python -m mmrec_egra.compare $COMMON -m DAMRS --seeds $s --grid-max 2 --out $OUT/damrs_g2_$s &
+done
+wait
+python -m mmrec_egra.compare $COMMON -m MGCN SIGE SMORE PGL FREEDOM LGMRec GUME DAMRS --seeds 999 1 2 --grid-max 2 \
+    --out $OUT/grid2 && cp $OUT/grid2/table.csv results/office_grid2.csv
