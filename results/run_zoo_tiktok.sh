@@ -158,18 +158,23 @@ python -m mmrec_egra.compare $COMMON -m LightGCN PGL SELFCFED_LGN DualGNN ItemKN
     LayerGCN SLMRec SMORE DAMRS GUME MGCN --seeds 999 1 2 --grid-max 2 --out $OUT/grid2 \
     && cp $OUT/grid2/table.csv results/zoo_tiktok_grid2.csv
 
+# one model under the equal budget in its own folder, one process per seed, then its row (reuse
+# only) appended to zoo_tiktok_grid2.csv (the other models' run folders are not on this machine,
+# so the whole table cannot be regenerated here); used for MENTOR (session 6) and GRCN (session 7)
+grid2_row_in_own_folder() {
+    local model=$1 dir=$2 s
+    for s in 999 1 2; do
+        python -m mmrec_egra.compare ${COMMON/$OUT/$dir} -m $model --seeds $s --grid-max 2 --out $dir/g2_$s &
+    done
+    wait
+    python -m mmrec_egra.compare ${COMMON/$OUT/$dir} -m $model --seeds 999 1 2 --grid-max 2 --out $dir/grid2
+    python -c "import csv,sys; r=list(csv.reader(open('$dir/grid2/table.csv'))); h=next(csv.reader(open('results/zoo_tiktok_grid2.csv'))); assert r[0]==h, (r[0], h); csv.writer(open('results/zoo_tiktok_grid2.csv','a',newline=''),lineterminator='\n').writerows(r[1:])"
+}
+
 # session 6 (2026-12-02, a fresh machine: the run folders of sessions 1-5 were gone, so MENTOR's
 # default runs were retrained; they reproduced the default rows exactly, test R@20 0.0911 /
-# 0.0921 / 0.0963). MENTOR under the equal budget, one process per seed:
-M=saved/qual/zoo_m
-for s in 999 1 2; do
-    python -m mmrec_egra.compare ${COMMON/$OUT/$M} -m MENTOR --seeds $s --grid-max 2 --out $M/g2_$s &
-done
-wait
-# MENTOR's row (reuse only), appended to the fifteen rows of zoo_tiktok_grid2.csv (the other
-# models' run folders are not on this machine, so the whole table cannot be regenerated here)
-python -m mmrec_egra.compare ${COMMON/$OUT/$M} -m MENTOR --seeds 999 1 2 --grid-max 2 --out $M/grid2
-python -c "import csv,sys; r=list(csv.reader(open('$M/grid2/table.csv'))); h=next(csv.reader(open('results/zoo_tiktok_grid2.csv'))); assert r[0]==h, (r[0], h); csv.writer(open('results/zoo_tiktok_grid2.csv','a',newline=''),lineterminator='\n').writerows(r[1:])"
+# 0.0921 / 0.0963). MENTOR under the equal budget:
+grid2_row_in_own_folder MENTOR saved/qual/zoo_m      # appended to the fifteen rows
 # DAMRS below LightGCN: the single change denoise_alpha 0 (plain BPR), seed 999
 python -m mmrec_egra.compare -d tiktok --data_path ../shared/data/ --longtail --threads 1 --stopping_step 50 \
     --checkpoint_dir saved/qual/zoo_inv -m DAMRS --denoise_alpha 0 --align_weight 0.01 --seeds 999 --out saved/qual/zoo_inv/damrs_a0
@@ -186,11 +191,4 @@ python -c "import csv; r=list(csv.reader(open('/tmp/damrs_inv.csv'))); csv.write
 # session 7 (2026-12-02; the session-6 machine, so data/office and session 6's folders were still
 # there): GRCN under the equal budget, one process per seed (its default runs trained again: the
 # session-6 sampled-product change reorders GRCN's sums, so the old default runs are not reused)
-G=saved/qual/zoo_g
-for s in 999 1 2; do
-    python -m mmrec_egra.compare ${COMMON/$OUT/$G} -m GRCN --seeds $s --grid-max 2 --out $G/g2_$s &
-done
-wait
-# GRCN's row (reuse only), appended to zoo_tiktok_grid2.csv (seventeen models now)
-python -m mmrec_egra.compare ${COMMON/$OUT/$G} -m GRCN --seeds 999 1 2 --grid-max 2 --out $G/grid2
-python -c "import csv,sys; r=list(csv.reader(open('$G/grid2/table.csv'))); h=next(csv.reader(open('results/zoo_tiktok_grid2.csv'))); assert r[0]==h, (r[0], h); csv.writer(open('results/zoo_tiktok_grid2.csv','a',newline=''),lineterminator='\n').writerows(r[1:])"
+grid2_row_in_own_folder GRCN saved/qual/zoo_g      # seventeen models now
